@@ -1,0 +1,148 @@
+"""The recorder copies every queue event from the facility's Redis stream into SQL, acking after commit.
+
+Request handlers already write the token state they acknowledge (write-through); the recorder adds the
+append-only history and catches whatever a crash left between a script and its SQL write (sweeps,
+a worker killed mid-request). Entries are acknowledged and deleted only after their commit, and a
+consumer that died leaves pending entries that another worker claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from token_service.queue import keys
+from token_service.queue.service import Token
+from token_service.records import tokens as token_sql
+from token_service.records.writer import SqlWriter
+
+log = logging.getLogger(__name__)
+GROUP = "recorder"
+BATCH = 500
+CLAIM_IDLE_MS = 15_000
+
+
+def parse_event(raw: bytes | str) -> tuple[str, int, str, Token]:
+    ev = orjson.loads(raw)
+    return ev["k"], int(ev["at"]), ev.get("desk") or "", Token.from_fields(ev["t"])
+
+
+class Recorder:
+    def __init__(
+        self, redis: Redis, writer: SqlWriter, facilities: Callable[[], Awaitable[list[str]]]
+    ) -> None:
+        self.redis = redis
+        self.writer = writer
+        self.facilities = facilities
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._groups: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.recorded = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="recorder")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def drain(self, hip_id: str) -> int:
+        """Record everything pending for one facility now (used by rebuild and tests)."""
+        total = 0
+        while True:
+            n = await self._once(hip_id, claim=True)
+            total += n
+            if n == 0:
+                return total
+
+    async def _once(self, hip_id: str, claim: bool) -> int:
+        stream = keys.events_stream(hip_id)
+        await self._ensure_group(stream)
+        entries: list[tuple[str, dict[str, Any]]] = []
+        if claim:
+            _, claimed, *_ = await self.redis.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=0 if claim is True else CLAIM_IDLE_MS, count=BATCH
+            )
+            entries.extend(claimed)
+        if not entries:
+            got = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=BATCH)
+            for _, items in got or []:
+                entries.extend(items)
+        if not entries:
+            return 0
+        await self._record(hip_id, stream, entries)
+        return len(entries)
+
+    async def _record(self, hip_id: str, stream: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        events: list[dict[str, Any]] = []
+        states: list[Token] = []
+        ids: list[str] = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            raw = fields.get("e") if isinstance(fields, dict) else None
+            if raw is None:
+                continue  # a deleted entry left in the PEL
+            kind, at_ms, desk, token = parse_event(raw)
+            states.append(token)
+            events.append(token_sql.event_row(hip_id, entry_id, kind, at_ms, desk, token))
+
+        async def work(conn: Any) -> None:
+            await token_sql.upsert_tokens(conn, states)
+            await token_sql.insert_events(conn, events)
+
+        await self.writer.submit(work)
+        await self.redis.xack(stream, GROUP, *ids)
+        await self.redis.xdel(stream, *ids)
+        self.recorded += len(events)
+
+    async def _run(self) -> None:
+        tick = 0
+        while True:
+            try:
+                hips = await self.facilities()
+                # Every ~2 s also claim entries a dead worker left unacknowledged.
+                claim_old = tick % 40 == 0
+                tick += 1
+                busy = 0
+                for hip in hips:
+                    busy += await self._once_safe(hip, claim_old)
+                if busy == 0:
+                    await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis or SQL down: keep trying, nothing is acked
+                log.warning("recorder paused: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _once_safe(self, hip_id: str, claim_old: bool) -> int:
+        stream = keys.events_stream(hip_id)
+        await self._ensure_group(stream)
+        if claim_old:
+            _, claimed, *_ = await self.redis.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, count=BATCH
+            )
+            if claimed:
+                await self._record(hip_id, stream, claimed)
+        return await self._once(hip_id, claim=False)

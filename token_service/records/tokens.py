@@ -1,0 +1,155 @@
+"""All SQL for tokens and their history: version-guarded upserts, event inserts, day queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from token_service.clock import from_ms
+from token_service.models import TokenEvent, TokenRecord
+from token_service.queue.service import Token
+from token_service.queue.status import Priority, Source, Status
+
+TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
+EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
+
+# Columns an upsert may overwrite: the live state. Identity columns and the patient snapshot never
+# change after issue.
+_MUTABLE = (
+    "counter", "status", "priority", "desk", "skips", "recalls", "order", "version", "called_at",
+    "served_at", "completed_at", "expired_at", "finished_at", "expires_at", "updated_at",
+)  # fmt: skip
+
+
+def token_row(t: Token) -> dict[str, Any]:
+    finished = from_ms(t.finished_ms)
+    return {
+        "id": t.id,
+        "public_id": t.public_id,
+        "hip_id": t.hip_id,
+        "counter": t.counter,
+        "origin_counter": t.origin_counter,
+        "local_date": datetime.strptime(t.local_date, "%Y%m%d").date(),
+        "number": t.number,
+        "label": t.label,
+        "status": t.status.value,
+        "priority": t.priority.value,
+        "source": t.source.value,
+        "abha_address": t.abha_address,
+        "request_id": t.request_id,
+        "desk": t.desk,
+        "skips": t.skips,
+        "recalls": t.recalls,
+        "order": t.order,
+        "version": t.version,
+        "issued_at": from_ms(t.issued_ms),
+        "called_at": from_ms(t.called_ms),
+        "served_at": from_ms(t.served_ms),
+        "completed_at": finished if t.status is Status.COMPLETED else None,
+        "expired_at": finished if t.status is Status.EXPIRED else None,
+        "finished_at": finished,
+        "expires_at": from_ms(t.expires_ms),
+        "day_end_at": from_ms(t.day_end_ms),
+        "updated_at": from_ms(t.issued_ms if t.finished_ms is None else t.finished_ms),
+    }
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+async def upsert_tokens(conn: AsyncConnection, tokens: Sequence[Token]) -> None:
+    """Write the newest known state of each token; an older version never overwrites a newer one."""
+    newest: dict[str, Token] = {}
+    for t in tokens:
+        if t.id not in newest or newest[t.id].version < t.version:
+            newest[t.id] = t
+    if not newest:
+        return
+    stmt = _insert(conn)(TOKEN).values([token_row(t) for t in newest.values()])
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["id"],
+        set_={c: stmt.excluded[c] for c in _MUTABLE},
+        where=TOKEN.c.version < stmt.excluded.version,
+    )
+    await conn.execute(stmt)
+
+
+async def attach_patient(conn: AsyncConnection, token_id: str, patient: dict[str, Any]) -> None:
+    """The shared profile is stored once, with the token that it was shared for."""
+    await conn.execute(
+        update(TOKEN).where(and_(TOKEN.c.id == token_id, TOKEN.c.patient.is_(None))).values(patient=patient)
+    )
+
+
+async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
+    if not rows:
+        return
+    stmt = _insert(conn)(EVENT).values(list(rows))
+    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["hip_id", "stream_id"]))
+
+
+def event_row(hip_id: str, stream_id: str, kind: str, at_ms: int, desk: str, t: Token) -> dict[str, Any]:
+    return {
+        "hip_id": hip_id,
+        "stream_id": stream_id,
+        "token_id": t.id,
+        "kind": kind,
+        "status": t.status.value,
+        "version": t.version,
+        "desk": desk or None,
+        "at": from_ms(at_ms),
+    }
+
+
+def _ms(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite returns naive UTC
+        from datetime import UTC
+
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+def record_to_token(r: Any) -> Token:
+    """Rebuild the Redis form of a token from its SQL row."""
+    return Token(
+        id=r.id,
+        public_id=r.public_id,
+        hip_id=r.hip_id,
+        counter=r.counter,
+        origin_counter=r.origin_counter,
+        local_date=r.local_date.strftime("%Y%m%d"),
+        number=r.number,
+        label=r.label,
+        status=Status(r.status),
+        priority=Priority(r.priority),
+        source=Source(r.source),
+        abha_address=r.abha_address,
+        request_id=r.request_id,
+        order=float(r.order),
+        issued_ms=_ms(r.issued_at) or 0,
+        called_ms=_ms(r.called_at),
+        served_ms=_ms(r.served_at),
+        finished_ms=_ms(r.finished_at),
+        expires_ms=_ms(r.expires_at) or 0,
+        day_end_ms=_ms(r.day_end_at) or 0,
+        desk=r.desk,
+        skips=r.skips,
+        recalls=r.recalls,
+        version=r.version,
+    )
+
+
+async def tokens_of_day(conn: AsyncConnection, hip_id: str, day: date) -> list[Token]:
+    rows = await conn.execute(
+        select(TOKEN).where(and_(TOKEN.c.hip_id == hip_id, TOKEN.c.local_date == day)).order_by(TOKEN.c.id)
+    )
+    return [record_to_token(r) for r in rows]
