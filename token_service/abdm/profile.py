@@ -181,9 +181,7 @@ def clean_pincode(value: str | None) -> str | None:
     return text if text.isascii() and _PINCODE_RE.match(text) else None
 
 
-def clean_address(
-    line: str | None, district: str | None, state: str | None, pincode: str | None
-) -> Address:
+def clean_address(line: str | None, district: str | None, state: str | None, pincode: str | None) -> Address:
     return {
         "line": clean_text(line, max_len=MAX_ADDRESS_LINE_LEN, what="address line"),
         "district": clean_text(district, max_len=MAX_PLACE_LEN, what="district"),
