@@ -1,0 +1,1 @@
+"""ABDM adapter: inbound share parsing and JWT checks, the outbound gateway client, and a gateway sandbox."""
