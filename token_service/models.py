@@ -138,3 +138,69 @@ class AuditLog(SQLModel, table=True):
     hip_id: str | None = Field(default=None, max_length=64)
     target: str | None = Field(default=None, max_length=120)
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Device(SQLModel, table=True):
+    """A board, kiosk or printer PC; authenticates with a bearer token stored only as a hash."""
+
+    __table_args__ = (UniqueConstraint("hip_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    hip_id: str = Field(foreign_key="facility.hip_id", index=True, max_length=64)
+    name: str = Field(max_length=64)
+    kind: str = Field(max_length=16)  # board | kiosk | printer
+    token_hash: str = Field(unique=True, max_length=64)
+    printer: str | None = Field(default=None, max_length=64)  # a kiosk's paired printer device name
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    last_seen_at: datetime | None = _ts()
+
+
+class OnShare(SQLModel, table=True):
+    """Outbox row: one on-share owed to the ABDM gateway for one inbound share."""
+
+    __tablename__ = "on_share"
+    __table_args__ = (UniqueConstraint("hip_id", "request_id", name="uq_onshare_request"),)
+    id: int | None = Field(default=None, primary_key=True)
+    hip_id: str = Field(max_length=64, index=True)
+    request_id: str = Field(max_length=64)  # the inbound REQUEST-ID
+    version: str = Field(max_length=4)  # v3 | v1
+    token_id: str | None = Field(default=None, max_length=120)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", max_length=16, index=True)  # pending | sent | failed
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    deadline_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    sent_at: datetime | None = _ts()
+
+
+class OnShareAttempt(SQLModel, table=True):
+    """Every call we made to the gateway for an on-share, with its outcome."""
+
+    __tablename__ = "on_share_attempt"
+    id: int | None = Field(default=None, primary_key=True)
+    on_share_id: int = Field(foreign_key="on_share.id", index=True)
+    at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    outbound_request_id: str = Field(max_length=64)
+    status_code: int | None = None
+    ok: bool = False
+    error: str | None = Field(default=None, max_length=500)
+    duration_ms: int = 0
+
+
+class PrintJob(SQLModel, table=True):
+    """A slip owed to one printer device. Delivered at least once; the agent de-duplicates by id."""
+
+    __tablename__ = "print_job"
+    id: int | None = Field(default=None, primary_key=True)
+    hip_id: str = Field(max_length=64, index=True)
+    printer: str = Field(max_length=64)
+    token_id: str = Field(max_length=120)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="queued", max_length=16, index=True)  # queued | delivered | printed | failed
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    requested_by: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    delivered_at: datetime | None = _ts()
+    printed_at: datetime | None = _ts()

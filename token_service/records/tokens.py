@@ -153,3 +153,12 @@ async def tokens_of_day(conn: AsyncConnection, hip_id: str, day: date) -> list[T
         select(TOKEN).where(and_(TOKEN.c.hip_id == hip_id, TOKEN.c.local_date == day)).order_by(TOKEN.c.id)
     )
     return [record_to_token(r) for r in rows]
+
+
+async def patients_for(conn: AsyncConnection, token_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    if not token_ids:
+        return {}
+    rows = await conn.execute(
+        select(TOKEN.c.id, TOKEN.c.patient).where(and_(TOKEN.c.id.in_(list(token_ids)), TOKEN.c.patient.isnot(None)))
+    )
+    return {r.id: r.patient for r in rows if r.patient}

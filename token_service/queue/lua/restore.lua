@@ -2,6 +2,8 @@
 -- counter only ever move up, so numbering continues above the highest restored number.
 -- ARGV[3] token JSON (the hash fields). Returns {"restored": id}.
 local t = cjson.decode(ARGV[3])
+local have = redis.call('HGET', tkey(t.id), 'v')
+if have and tonumber(have) >= tonumber(t.v) then return cjson.encode({restored = cjson.null}) end
 local flat = {}
 for k, v in pairs(t) do
   flat[#flat + 1] = k

@@ -1,0 +1,91 @@
+"""Request dependencies: the app state, the authenticated principal and role checks."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from token_service.auth import Principal, hash_device_token, read_session
+from token_service.errors import Unauthorized
+from token_service.models import Device, User
+from token_service.state import AppState
+
+SESSION_COOKIE = "opd_session"
+_PRINCIPAL_TTL_S = 5.0  # a deactivated user or revoked device is locked out within seconds
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.opd
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.cookies.get(SESSION_COOKIE)
+
+
+async def _load(state: AppState, credential: str) -> Principal | None:
+    cache: dict[str, tuple[float, Principal | None]] = state.extras.setdefault("principals", {})
+    hit = cache.get(credential)
+    if hit and time.monotonic() - hit[0] < _PRINCIPAL_TTL_S:
+        return hit[1]
+    principal: Principal | None = None
+    async with state.engine.connect() as conn:
+        if credential.startswith("dev_"):
+            row = (
+                await conn.execute(select(Device).where(Device.token_hash == hash_device_token(credential)))  # type: ignore[arg-type]
+            ).first()
+            if row is not None and row.active:
+                principal = Principal("device", row.name, row.kind, row.hip_id, device_id=row.id)
+        else:
+            user_id = read_session(state.settings.secret_key, credential)
+            row = (await conn.execute(select(User).where(User.id == user_id))).first()  # type: ignore[arg-type]
+            if row is not None and row.active:
+                principal = Principal("user", row.username, row.role, row.hip_id, tuple(row.counters or ()))
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[credential] = (time.monotonic(), principal)
+    return principal
+
+
+async def optional_principal(request: Request, state: StateDep) -> Principal | None:
+    credential = _bearer(request)
+    if not credential:
+        return None
+    try:
+        return await _load(state, credential)
+    except Unauthorized:
+        return None
+
+
+async def require_principal(request: Request, state: StateDep) -> Principal:
+    credential = _bearer(request)
+    if not credential:
+        raise Unauthorized("log in first (session cookie or Authorization: Bearer)")
+    principal = await _load(state, credential)
+    if principal is None:
+        raise Unauthorized("unknown, revoked or deactivated credentials")
+    return principal
+
+
+async def require_staff(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    principal.require_role("admin", "clerk")
+    return principal
+
+
+async def require_admin(principal: Annotated[Principal, Depends(require_principal)]) -> Principal:
+    principal.require_role("admin")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_principal)]
+StaffDep = Annotated[Principal, Depends(require_staff)]
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,197 @@
+"""create_app(settings): the FastAPI application and the lifespan that owns Redis, SQL and scripts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from token_service.api import auth as auth_api
+from token_service.api import health as health_api
+from token_service.api import queue as queue_api
+from token_service.api import tokens as tokens_api
+from token_service.clock import Clock, SystemClock
+from token_service.config import Settings
+from token_service.directory import Directory
+from token_service.embedded import EmbeddedRedis
+from token_service.errors import OpdError
+from token_service.operations import TokenService
+from token_service.queue.scripts import Scripts
+from token_service.queue.service import TokenQueue
+from token_service.records.db import async_engine
+from token_service.records.recorder import Recorder
+from token_service.records.writer import SqlWriter
+from token_service.state import AppState
+
+log = logging.getLogger("token_service")
+
+
+def error_body(code: str, detail: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail}
+
+
+class BodyLimit:
+    """Reject request bodies over the limit with 413 before the app reads them (also for chunked bodies)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._reject(send)
+                return
+        seen = 0
+        too_big = False
+
+        async def limited() -> Message:
+            nonlocal seen, too_big
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_big = True
+                    raise OpdError("body too large")
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except OpdError:
+            if not too_big:
+                raise
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        resp = JSONResponse(error_body("payload_too_large", f"request body over {self.limit} bytes"), 413)
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+async def build_state(settings: Settings, clock: Clock) -> AppState:
+    embedded = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(settings.data_dir).start()
+        redis_url = embedded.url
+    redis = Redis.from_url(
+        redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0,
+        health_check_interval=15, max_connections=512,
+    )  # fmt: skip
+    scripts = Scripts.register(redis)
+    queue = TokenQueue(redis, scripts, clock)
+    engine = async_engine(settings)
+    writer = SqlWriter(engine)
+    directory = Directory(engine, settings.token_validity_seconds)
+    recorder = Recorder(redis, writer, directory.hip_ids)
+    tokens = TokenService(queue, writer, directory)
+    return AppState(settings, clock, redis, scripts, queue, engine, writer, recorder, directory, tokens, embedded)
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await build_state(settings, clock)
+        app.state.opd = state
+        state.writer.start()
+        state.recorder.start()
+        for hook in app.state.startup_hooks:
+            await hook(state)
+        try:
+            yield
+        finally:
+            # Close in reverse order of dependency: producers first, then the stores they write to.
+            for hook in reversed(app.state.shutdown_hooks):
+                await hook(state)
+            await state.recorder.close()
+            await state.writer.close()
+            await state.redis.aclose()
+            await state.engine.dispose()
+            if state.embedded:
+                state.embedded.stop()
+
+    app = FastAPI(
+        title="OPD token service",
+        version="0.1.0",
+        summary="ABDM Scan & Share OPD tokens: intake, queue, board and print",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    install_error_handlers(app)
+    for module in (health_api, auth_api, queue_api, tokens_api):
+        app.include_router(module.router)
+    for extension in _extensions():
+        extension(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _extensions() -> list[Any]:
+    """Optional parts (ABDM intake, pages, printing) register their routers here when present."""
+    found = []
+    for name in ("token_service.abdm.routes", "token_service.printing.routes", "kiosk_ui.routes"):
+        try:
+            module = __import__(name, fromlist=["install"])
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+            continue
+        found.append(module.install)
+    return found
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpdError)
+    async def opd_error(_: Request, exc: OpdError) -> JSONResponse:
+        body = error_body(exc.code, exc.detail)
+        body.update(exc.extra)
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return JSONResponse(error_body("invalid_body", errors), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        return JSONResponse(
+            error_body(codes.get(exc.status_code, "http_error"), exc.detail),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body("unavailable", "queue store unavailable, retry shortly"), 503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        from sqlalchemy.exc import OperationalError, InterfaceError
+
+        if isinstance(exc, OperationalError | InterfaceError | ConnectionError | OSError):
+            return JSONResponse(error_body("unavailable", "database unavailable, retry shortly"), 503)
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal", "internal error"), 500)
