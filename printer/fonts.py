@@ -235,9 +235,21 @@ def wrap(text: str, size: int, max_width: int, bold: bool = False) -> list[str]:
 def fit_lines(
     text: str, size: int, max_width: int, bold: bool = False, min_size: int = 12
 ) -> tuple[list[str], int]:
-    """Wrap text to max_width, shrinking the size until no single word overflows."""
+    """Wrap text to max_width in balanced lines, shrinking the size until no single word overflows."""
     while True:
         lines = wrap(text, size, max_width, bold)
         if size <= min_size or all(measure(line, size, bold).width <= max_width for line in lines):
-            return lines, size
+            break
         size -= 1
+    if len(lines) < 2:
+        return lines, size
+    # Greedy wrapping leaves a lone word on the last line ("... on the / screen"); find the narrowest
+    # width that still needs the same number of lines, so the lines come out about equally long.
+    lo, hi = 1, max_width
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(wrap(text, size, mid, bold)) <= len(lines):
+            hi = mid
+        else:
+            lo = mid + 1
+    return wrap(text, size, lo, bold), size

@@ -6,7 +6,7 @@ from PIL import Image
 
 _ESC, _GS = 0x1B, 0x1D
 # ESC/POS raster bits are 1 = burn a dot; PIL "1" mode bits are 1 = white. Flip every byte.
-_INVERT = bytes(255 - i for i in range(256))
+INVERT_BITS = bytes(255 - i for i in range(256))
 # Parameter byte counts of the other commands our encoder (and python-escpos around images) emits.
 _ESC_ARGS = {
     ord(cmd): args for cmd, args in {"@": 0, "d": 1, "J": 1, "a": 1, "!": 1, "E": 1, "2": 0, "3": 1}.items()
@@ -31,7 +31,7 @@ def decode_raster(data: bytes) -> list[Image.Image]:
             start, end = i + 8, i + 8 + width_bytes * height
             if end > n:
                 raise ValueError(f"truncated GS v 0 image at offset {i}")
-            pixels = data[start:end].translate(_INVERT)
+            pixels = data[start:end].translate(INVERT_BITS)
             images.append(Image.frombytes("1", (width_bytes * 8, height), pixels))
             i = end
         elif byte == _GS and i + 1 < n and data[i + 1] == ord("V"):
