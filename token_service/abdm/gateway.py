@@ -146,8 +146,10 @@ def _describe_object(obj: dict[str, Any]) -> str | None:
     errors = obj.get("errors")
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         return "; ".join(d for e in errors[:3] if isinstance(e, dict) and (d := _describe_object(e)))
-    code = _pick(obj, "code", "errorCode")
-    message = _pick(obj, "message", "errorMessage", "error_description", "error", "detail")
+    message = _pick(obj, "message", "errorMessage", "error_description", "detail", "error")
+    code = _pick(obj, "code", "errorCode") or (
+        _pick(obj, "error") if message != _pick(obj, "error") else None
+    )
     description = _pick(obj, "description")
     parts = [p for p in (code, message) if p]
     if description and description != message:
