@@ -401,7 +401,10 @@ def test_round_trips() -> None:
     assert ShareRequest.from_json(share.to_json()) == share
     assert PatientProfile.from_json(share.profile.to_json()) == share.profile
     assert PatientProfile.from_json(share.profile.to_dict()) == share.profile
-    assert "रमेश" in share.profile.to_json()
+    assert share.profile.to_json()["name"] == "रमेश कुमार"
+    text = json.dumps(share.to_json(), ensure_ascii=False)
+    assert ShareRequest.from_json(text) == share
+    assert PatientProfile.from_json(json.dumps(share.profile.to_json()).encode()) == share.profile
 
 
 # ---- property tests: garbage in, ShareParseError out ----

@@ -62,11 +62,12 @@ class PatientProfile:
     phone: str | None
     address: Address = field(default_factory=empty_address)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what gets stored as the token's patient snapshot)."""
         return asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return self.to_json()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PatientProfile:
@@ -91,6 +92,7 @@ class PatientProfile:
 
     @classmethod
     def from_json(cls, data: str | bytes | Mapping[str, Any]) -> PatientProfile:
+        """From `to_json()`'s dict, or that dict serialised to JSON text."""
         if isinstance(data, Mapping):
             return cls.from_dict(data)
         loaded = json.loads(data)

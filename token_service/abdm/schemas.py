@@ -189,7 +189,8 @@ class ShareRequest:
     intent: str
     profile: PatientProfile
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict, e.g. for the on-share outbox; `from_json` reads it back."""
         return {
             "version": self.version,
             "request_id": self.request_id,
@@ -200,8 +201,8 @@ class ShareRequest:
             "profile": self.profile.to_dict(),
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        return self.to_json()
 
     @classmethod
     def from_json(cls, data: str | bytes | Mapping[str, Any]) -> ShareRequest:
