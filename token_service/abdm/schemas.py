@@ -23,6 +23,7 @@ from token_service.abdm.profile import (
     clean_gender,
     clean_name,
     clean_phone,
+    empty_address,
 )
 
 __all__ = ["PatientProfile", "ShareParseError", "ShareRequest", "parse_share"]
@@ -303,42 +304,28 @@ def _load_json(body: bytes, max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def _profile_v3(patient: V3Patient) -> PatientProfile:
-    where = "profile.patient"
+def _profile(
+    patient: V3Patient | V1Patient, number: str | None, address: str | None, phone: str | None
+) -> PatientProfile:
     year, month, day = clean_birth(patient.yearOfBirth, patient.monthOfBirth, patient.dayOfBirth)
     return PatientProfile(
-        abha_number=clean_abha_number(patient.abhaNumber),
-        abha_address=clean_abha_address(patient.abhaAddress),
-        name=clean_name(patient.name, what=f"{where}.name"),
-        gender=clean_gender(patient.gender),
-        year_of_birth=year,
-        month_of_birth=month,
-        day_of_birth=day,
-        phone=clean_phone(patient.phoneNumber),
-        address=patient.address.normalised() if patient.address else clean_address(None, None, None, None),
-    )
-
-
-def _profile_v1(patient: V1Patient) -> PatientProfile:
-    where = "profile.patient"
-    year, month, day = clean_birth(patient.yearOfBirth, patient.monthOfBirth, patient.dayOfBirth)
-    phone = None
-    for ident in patient.identifiers or []:
-        if (ident.type or "").strip().upper() in _MOBILE_TYPES:
-            phone = clean_phone(ident.value)
-            if phone:
-                break
-    return PatientProfile(
-        abha_number=clean_abha_number(patient.healthIdNumber),
-        abha_address=clean_abha_address(patient.healthId),
-        name=clean_name(patient.name, what=f"{where}.name"),
+        abha_number=clean_abha_number(number),
+        abha_address=clean_abha_address(address),
+        name=clean_name(patient.name, what="profile.patient.name"),
         gender=clean_gender(patient.gender),
         year_of_birth=year,
         month_of_birth=month,
         day_of_birth=day,
         phone=phone,
-        address=patient.address.normalised() if patient.address else clean_address(None, None, None, None),
+        address=patient.address.normalised() if patient.address else empty_address(),
     )
+
+
+def _v1_phone(patient: V1Patient) -> str | None:
+    for ident in patient.identifiers or []:
+        if (ident.type or "").strip().upper() in _MOBILE_TYPES and (phone := clean_phone(ident.value)):
+            return phone
+    return None
 
 
 def _require_address(profile: PatientProfile, where: str) -> None:
@@ -357,7 +344,8 @@ def _parse_v3(data: dict[str, Any], headers: Mapping[str, str]) -> ShareRequest:
     counter = _counter_code(wire.metaData.context, "metaData.context")
     hip_id = _hip_id(wire.metaData.hipId, "metaData.hipId")
     try:
-        profile = _profile_v3(wire.profile.patient)
+        patient = wire.profile.patient
+        profile = _profile(patient, patient.abhaNumber, patient.abhaAddress, clean_phone(patient.phoneNumber))
     except ProfileValueError as exc:
         raise ShareParseError("invalid_body", str(exc)) from exc
     _require_address(profile, "profile.patient.abhaAddress")
@@ -381,7 +369,8 @@ def _parse_v1(data: dict[str, Any]) -> ShareRequest:
     intent = _intent(wire.intent.type if wire.intent else None, required=False, where="intent.type")
     counter = _counter_code(wire.profile.hipCode, "profile.hipCode")
     try:
-        profile = _profile_v1(wire.profile.patient)
+        patient = wire.profile.patient
+        profile = _profile(patient, patient.healthIdNumber, patient.healthId, _v1_phone(patient))
     except ProfileValueError as exc:
         raise ShareParseError("invalid_body", str(exc)) from exc
     _require_address(profile, "profile.patient.healthId")
