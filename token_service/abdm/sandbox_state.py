@@ -21,16 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from token_service.abdm.gateway import gateway_timestamp
+from token_service.abdm.sandbox_shares import SHARE_PATHS, SharePatient, share_body
 
 __all__ = ["SHARE_PATHS", "Fault", "FaultMode", "SandboxState"]
 
 FaultMode = Literal["ok", "5xx", "slow", "401"]
 FAULT_MODES: tuple[FaultMode, ...] = ("ok", "5xx", "slow", "401")
-SHARE_PATHS = {
-    "v3": "/api/v3/hip/patient/share",
-    "v1": "/v1.0/patients/profile/share",
-    "v0.5": "/v0.5/patients/profile/share",
-}
 DEFAULT_ISSUER = "http://127.0.0.1/auth/realms/central-registry"
 # Keycloak gives the gateway's service account one fixed subject; ours is made up but stable.
 GATEWAY_SUBJECT = "7d7a4bd0-9a6b-4d4b-9a43-6a1e1f4b0a55"
@@ -299,58 +295,26 @@ class SandboxState:
         ones as ints, as observed; `patient_extra` overrides or adds raw wire fields of the patient."""
         request_id = request_id or str(uuid.uuid4())
         stamp = gateway_timestamp()
-        addr = dict(address if address is not None else DEFAULT_ADDRESS)
         headers = {
             "Authorization": f"Bearer {jwt_token or self.sign_gateway_jwt()}",
             "X-HIP-ID": hip_id,
             "Content-Type": "application/json",
         }
-        body: dict[str, Any]
         if version == "v3":
             headers["REQUEST-ID"] = request_id
             headers["TIMESTAMP"] = stamp
-            patient: dict[str, Any] = {
-                "abhaNumber": abha_number,
-                "abhaAddress": abha_address,
-                "name": name,
-                "gender": gender,
-                "dayOfBirth": None if day_of_birth is None else str(day_of_birth),
-                "monthOfBirth": None if month_of_birth is None else str(month_of_birth),
-                "yearOfBirth": None if year_of_birth is None else str(year_of_birth),
-                "address": addr,
-                "phoneNumber": phone,
-            }
-            patient.update(patient_extra or {})
-            body = {
-                "intent": "PROFILE_SHARE",
-                "metaData": {
-                    "hipId": hip_id,
-                    "context": counter,
-                    "hprId": None,
-                    "latitude": "28.5672",
-                    "longitude": "77.2100",
-                },
-                "profile": {"patient": patient},
-            }
-        else:
-            patient = {
-                "healthId": abha_address,
-                "healthIdNumber": abha_number,
-                "name": name,
-                "gender": gender,
-                "address": addr,
-                "yearOfBirth": year_of_birth,
-                "monthOfBirth": month_of_birth,
-                "dayOfBirth": day_of_birth,
-                "identifiers": [{"type": "MOBILE", "value": phone}] if phone else [],
-            }
-            patient.update(patient_extra or {})
-            body = {"requestId": request_id, "timestamp": stamp}
-            if version == "v1":
-                # v0.5 is v1.0 without these two.
-                body["intent"] = {"type": "PROFILE_SHARE"}
-                body["location"] = {"latitude": "28.5672", "longitude": "77.2100"}
-            body["profile"] = {"hipCode": counter, "patient": patient}
+        patient = SharePatient(
+            abha_address,
+            name,
+            gender,
+            year_of_birth,
+            month_of_birth,
+            day_of_birth,
+            abha_number,
+            phone,
+            address,
+        )
+        body = share_body(version, hip_id, counter, patient, request_id, stamp, patient_extra)
         return headers, json.dumps(body, ensure_ascii=False).encode("utf-8")
 
     async def post_share(
