@@ -230,7 +230,9 @@ class SandboxState:
         with self._lock:
             fault = self._fault
             remaining = None if fault.until is None else max(0.0, fault.until - self._monotonic())
-            return {**asdict(fault), "until": None, "remaining_s": remaining}
+            # The deadline is on the server's monotonic clock, meaningless outside: report what is left.
+            info = {k: v for k, v in asdict(fault).items() if k != "until"}
+            return {**info, "remaining_s": remaining}
 
     def take_fault(self) -> Fault:
         """The fault for this call, counting it down; an expired or used-up fault reverts to ok."""
