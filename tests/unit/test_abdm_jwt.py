@@ -16,6 +16,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from token_service.abdm.jwt_verify import GatewayJWTVerifier, InvalidGatewayToken, JWKSUnavailable
 from token_service.abdm.sandbox_state import SandboxState
@@ -327,3 +329,27 @@ async def test_jwks_entries_we_cannot_use_are_skipped(http: httpx.AsyncClient, s
         assert await verifier.verify(f"Bearer {state.sign_gateway_jwt()}")
         with pytest.raises(InvalidGatewayToken):
             await verifier.verify(f"Bearer {state.sign_gateway_jwt(kid='enc-key')}")
+
+
+segment = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=", max_size=40)
+json_segment = st.dictionaries(
+    st.sampled_from(["alg", "kid", "typ", "crit", "b64"]), st.none() | st.text() | st.integers()
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=st.text(max_size=80)
+    | st.builds(lambda a, b, c: f"{a}.{b}.{c}", segment, segment, segment)
+    | st.builds(
+        lambda h, p: f"{_b64(json.dumps(h).encode())}.{_b64(json.dumps(p).encode())}.c2ln",
+        json_segment,
+        st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+    )
+)
+async def test_garbage_tokens_only_invalid_gateway_token(state: SandboxState, raw: str) -> None:
+    transport = httpx.MockTransport(lambda _request: httpx.Response(200, json=state.jwks()))
+    async with httpx.AsyncClient(transport=transport) as client:
+        verifier = GatewayJWTVerifier(JWKS_URL, client)
+        with pytest.raises(InvalidGatewayToken):
+            await verifier.verify(f"Bearer {raw}")

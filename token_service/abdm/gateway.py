@@ -248,7 +248,7 @@ class GatewayClient:
             data = response.json()
             token = data["accessToken"]
             expires_in = float(data.get("expiresIn") or DEFAULT_SESSION_TTL_S)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise GatewayError("session answer has no accessToken", 200, True) from exc
         if not isinstance(token, str) or not token:
             raise GatewayError("session answer has no accessToken", 200, True)
