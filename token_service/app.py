@@ -144,10 +144,23 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     return app
 
 
+# Modules with an `install(app)` that adds routers and lifespan hooks (app.state.startup_hooks /
+# shutdown_hooks receive the AppState). A module that is absent is skipped.
+EXTENSIONS = (
+    "token_service.api.abdm",
+    "token_service.api.printing",
+    "token_service.api.board",
+    "token_service.api.admin",
+    "kiosk_ui.routes",
+    "kiosk_ui.admin_routes",
+    "kiosk_ui.kiosk_routes",
+)
+
+
 def _extensions() -> list[Any]:
     """Optional parts (ABDM intake, pages, printing) register their routers here when present."""
     found = []
-    for name in ("token_service.abdm.routes", "token_service.printing.routes", "kiosk_ui.routes"):
+    for name in EXTENSIONS:
         try:
             module = __import__(name, fromlist=["install"])
         except ModuleNotFoundError as exc:

@@ -311,6 +311,21 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
             embedded.stop()
 
 
+def _register_extensions() -> None:
+    """Command groups that live beside their feature (`opd-token sandbox`, `demo`, ...)."""
+    for name in ("token_service.cli_abdm", "token_service.cli_print"):
+        try:
+            module = __import__(name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+            continue
+        module.register(app)
+
+
+_register_extensions()
+
+
 def main() -> None:
     app()
 

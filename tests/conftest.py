@@ -1,0 +1,40 @@
+"""Shared fixtures: a private redis-server for the test session, flushed around every test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.servers import RedisProc
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def redis_proc() -> Iterator[RedisProc]:
+    proc = RedisProc().start()
+    yield proc
+    proc.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_proc: RedisProc) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_proc.url)
+    client.flushall()
+    yield redis_proc.url
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("OPD_TEST", "1")
