@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from token_service.records.db import async_engine
 from token_service.records.recorder import Recorder
 from token_service.records.writer import SqlWriter
 from token_service.state import AppState
+from token_service.sweeper import sweep_forever
 
 log = logging.getLogger("token_service")
 
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         app.state.opd = state
         state.writer.start()
         state.recorder.start()
+        sweeper = asyncio.create_task(sweep_forever(state), name="expiry-sweeper")
         for hook in app.state.startup_hooks:
             await hook(state)
         try:
@@ -119,6 +122,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             # Close in reverse order of dependency: producers first, then the stores they write to.
             for hook in reversed(app.state.shutdown_hooks):
                 await hook(state)
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await state.recorder.close()
             await state.writer.close()
             await state.redis.aclose()

@@ -22,6 +22,7 @@ async def issue_walk_in(
     hip_id: HipId, code: Code, principal: PrincipalDep, state: StateDep, body: IssueIn | None = None
 ) -> TokenOut:
     body = body or IssueIn()
+    (await state.directory.get(hip_id)).counter(code)  # 404 before 403: unknown stays unknown
     if principal.role not in ("admin", "clerk", "kiosk"):
         raise Forbidden("only staff and kiosks issue walk-in tokens")
     if principal.kind == "user":
@@ -50,6 +51,7 @@ async def issue_walk_in(
 
 
 async def _call(hip_id: str, desk: str, principal: StaffDep, state: StateDep, only: list[str] | None) -> TokenOut | Response:
+    (await state.directory.get(hip_id)).desk(desk)
     principal.require_facility(hip_id)
     result = await state.tokens.call_next(hip_id, desk, principal.name, principal.allowed_counters(), only)
     if result.called is None:
@@ -61,9 +63,9 @@ async def _call(hip_id: str, desk: str, principal: StaffDep, state: StateDep, on
 async def call_next_counter(
     hip_id: HipId, code: Code, principal: StaffDep, state: StateDep, body: CallNextIn | None = None
 ) -> TokenOut | Response:
-    principal.require_counter(hip_id, code)
     cfg = await state.directory.get(hip_id)
     cfg.counter(code)
+    principal.require_counter(hip_id, code)
     desk = body.desk if body and body.desk else _default_desk(cfg, code)
     return await _call(hip_id, desk, principal, state, [code])
 
@@ -87,9 +89,9 @@ async def call_next_desk(hip_id: HipId, desk: Code, principal: StaffDep, state: 
 
 @router.post("/desks/{desk}/undo", response_model=list[TokenOut])
 async def undo(hip_id: HipId, desk: Code, principal: StaffDep, state: StateDep) -> list[TokenOut]:
-    principal.require_facility(hip_id)
     cfg = await state.directory.get(hip_id)
     d = cfg.desk(desk)
+    principal.require_facility(hip_id)
     allowed = principal.allowed_counters()
     if allowed is not None and not set(cfg.desk_counters(d)) & set(allowed):
         raise Forbidden(f"you are not assigned to desk {desk}")
@@ -98,8 +100,8 @@ async def undo(hip_id: HipId, desk: Code, principal: StaffDep, state: StateDep) 
 
 @router.get("/counters/{code}/queue", response_model=QueueOut)
 async def queue_listing(hip_id: HipId, code: Code, principal: StaffDep, state: StateDep) -> QueueOut:
-    principal.require_counter(hip_id, code)
     (await state.directory.get(hip_id)).counter(code)
+    principal.require_counter(hip_id, code)
     waiting = await state.queue.waiting(hip_id, code)
     called = await state.queue.called(hip_id, code)
     async with state.engine.connect() as conn:
