@@ -1,0 +1,1 @@
+"""Print jobs: created for a token, leased to one printer's agent, acknowledged once printed."""
