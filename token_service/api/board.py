@@ -1,0 +1,346 @@
+"""Board snapshot + SSE, and the public token status API + SSE (no personal data in any of them).
+
+Estimated wait on the status page: the median gap between the last (up to) ten first calls at the
+token's counter today, ignoring gaps over 20 minutes (breaks), times the number of calls until the
+patient's turn (tokens ahead + 1). With fewer than two usable gaps there is no estimate. The gaps come
+from SQL (`token.called_at`, written through on every call) and are cached per counter for 15 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import statistics
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Path, Query, Request
+from sqlalchemy import select
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from token_service.api import deps
+from token_service.api.live import (
+    CALL_KINDS,
+    CallEntry,
+    LiveHub,
+    Snapshot,
+    dumps,
+    hub_of,
+    start_hub,
+    stop_hub,
+    to_ms,
+)
+from token_service.clock import local_day
+from token_service.directory import FacilityConfig
+from token_service.errors import Forbidden, NotFound, Unauthorized
+from token_service.models import TokenRecord
+from token_service.queue.service import Token
+from token_service.queue.status import Status
+from token_service.records import tokens as token_sql
+from token_service.state import AppState
+
+router = APIRouter(tags=["board"])
+HipId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+PublicId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{6,32}$")]
+PING_S = 15
+INTERVAL_TTL_S = 15.0
+MAX_GAP_S = 20 * 60
+GAPS_USED = 10
+_SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+# ---- access and filters
+
+
+async def board_access(request: Request, state: AppState, hip_id: str) -> FacilityConfig:
+    """Public by default; with `board_public` off, a board device or staff of the facility only.
+
+    EventSource cannot send headers, so a board device may pass its token as ``?token=``.
+    """
+    cfg = await state.directory.get(hip_id)
+    if state.settings.board_public:
+        return cfg
+    principal = await deps.optional_principal(request, state)
+    query_token = request.query_params.get("token")
+    if principal is None and query_token:
+        principal = await deps._load(state, query_token)
+    if principal is None:
+        raise Unauthorized("this board needs a board device token or a staff login")
+    principal.require_facility(hip_id)
+    if principal.role not in ("board", "admin", "clerk"):
+        raise Forbidden("only boards and staff read the board")
+    return cfg
+
+
+def counter_filter(
+    cfg: FacilityConfig, counters: str | None, department: str | None
+) -> frozenset[str] | None:
+    if not counters and not department:
+        return None
+    chosen: set[str] = set()
+    if counters:
+        chosen |= {c.strip() for c in counters.split(",") if c.strip() in cfg.counters}
+    if department:
+        want = department.strip().casefold()
+        chosen |= {c.code for c in cfg.counters.values() if c.department.casefold() == want}
+    if not chosen:
+        raise NotFound("no such counters or department at this facility")
+    return frozenset(chosen)
+
+
+def facility_info(cfg: FacilityConfig) -> dict[str, Any]:
+    f = cfg.facility
+    counters = [
+        {"code": c.code, "name": c.name, "names": c.names or {}, "dept": c.department, "prefix": c.prefix}
+        for c in cfg.counters.values()
+        if c.active
+    ]
+    languages = list(f.languages or ["en"])
+    return {"hip_id": f.hip_id, "name": f.name, "names": f.names or {}, "languages": languages,
+            "timezone": f.timezone, "counters": counters}  # fmt: skip
+
+
+def call_body(msg_token: Token, desk: str, at_ms: int, recall: bool, snap: Snapshot | None) -> dict[str, Any]:
+    names = snap.desk_names if snap else {}
+    return CallEntry.of(msg_token, desk, at_ms, recall).public(names)
+
+
+# ---- board
+
+
+@router.get("/api/facilities/{hip_id}/board")
+async def board(
+    hip_id: HipId, request: Request, state: deps.StateDep,
+    counters: Annotated[str | None, Query(max_length=400)] = None,
+    department: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:  # fmt: skip
+    cfg = await board_access(request, state, hip_id)
+    only = counter_filter(cfg, counters, department)
+    snap = await hub_of(state).snapshot(hip_id)
+    return {**snap.public(only), "facility": facility_info(cfg)}
+
+
+@router.get("/api/facilities/{hip_id}/board/events")
+async def board_events(
+    hip_id: HipId, request: Request, state: deps.StateDep,
+    counters: Annotated[str | None, Query(max_length=400)] = None,
+    department: Annotated[str | None, Query(max_length=200)] = None,
+) -> EventSourceResponse:  # fmt: skip
+    cfg = await board_access(request, state, hip_id)
+    only = counter_filter(cfg, counters, department)
+    hub = hub_of(state)
+    await hub.snapshot(hip_id)  # fail with 503 now rather than inside the stream
+    return EventSourceResponse(_board_stream(hub, hip_id, only), ping=PING_S, headers=_SSE_HEADERS)
+
+
+async def _fresh_snapshot(hub: LiveHub, hip_id: str) -> Snapshot | None:
+    """A snapshot once the stores answer again; None if the hub shut down meanwhile."""
+    delay = 0.2
+    while True:
+        try:
+            return await hub.snapshot(hip_id)
+        except Exception:
+            if not hub._tasks or all(t.done() for t in hub._tasks):
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+def _sse(event: str, data: Any, ident: int | None = None) -> ServerSentEvent:
+    return ServerSentEvent(data=dumps(data), event=event, id=str(ident) if ident is not None else None)
+
+
+async def _board_stream(
+    hub: LiveHub, hip_id: str, only: frozenset[str] | None
+) -> AsyncIterator[ServerSentEvent]:
+    async with hub.listen(hip_id) as listener:
+        snap = await _fresh_snapshot(hub, hip_id)
+        if snap is None:
+            return
+        yield _sse("snapshot", snap.public(only), snap.version)
+        while True:
+            msg = await listener.get()
+            if msg.kind == "event" and msg.token is not None and msg.event in CALL_KINDS:
+                if only is None or msg.token.counter in only:
+                    body = call_body(msg.token, msg.desk, msg.at_ms, msg.event == "recalled", snap)
+                    yield _sse("call", body)
+            elif msg.kind == "update" and msg.snapshot is not None:
+                snap = msg.snapshot
+                yield _sse("update", snap.public(only), snap.version)
+            elif msg.kind == "offline":
+                yield _sse("offline", {})
+            elif msg.kind == "resync":
+                fresh = await _fresh_snapshot(hub, hip_id)
+                if fresh is None:
+                    return
+                snap = fresh
+                yield _sse("snapshot", snap.public(only), snap.version)
+            elif msg.kind == "closed":
+                return
+
+
+# ---- patient status
+
+
+class StatusLookup:
+    """public_id -> token id (immutable, cached) and per-counter call intervals (cached briefly)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.ids: dict[str, str] = {}
+        self.misses: dict[str, float] = {}
+        self.intervals: dict[tuple[str, str], tuple[float, float | None]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def token_id(self, public_id: str) -> str:
+        hit = self.ids.get(public_id)
+        if hit:
+            return hit
+        missed = self.misses.get(public_id)
+        if missed and time.monotonic() - missed < 5.0:
+            raise NotFound("no such token")
+        async with self.state.engine.connect() as conn:
+            q = select(TokenRecord.id).where(TokenRecord.public_id == public_id)  # type: ignore[call-overload]
+            row = (await conn.execute(q)).first()
+        if row is None:
+            if len(self.misses) > 10_000:
+                self.misses.clear()
+            self.misses[public_id] = time.monotonic()
+            raise NotFound("no such token")
+        if len(self.ids) > 200_000:
+            self.ids.clear()
+        self.ids[public_id] = row[0]
+        return str(row[0])
+
+    async def token(self, public_id: str) -> Token:
+        token_id = await self.token_id(public_id)
+        try:
+            return await self.state.queue.get(token_id)
+        except NotFound:
+            # Older than the Redis copy (kept three days): the durable record still answers.
+            async with self.state.engine.connect() as conn:
+                q = select(TokenRecord).where(TokenRecord.id == token_id)  # type: ignore[arg-type]
+                row = (await conn.execute(q)).first()
+            if row is None:
+                raise
+            return token_sql.record_to_token(row)
+
+    async def interval_s(self, hip_id: str, counter: str, tz: str) -> float | None:
+        key = (hip_id, counter)
+        hit = self.intervals.get(key)
+        if hit and time.monotonic() - hit[0] < INTERVAL_TTL_S:
+            return hit[1]
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            hit = self.intervals.get(key)
+            if hit and time.monotonic() - hit[0] < INTERVAL_TTL_S:
+                return hit[1]
+            day, _ = local_day(self.state.clock.now_ms(), tz)
+            q = (
+                select(TokenRecord.called_at)  # type: ignore[call-overload]
+                .where(TokenRecord.hip_id == hip_id, TokenRecord.counter == counter,
+                       TokenRecord.local_date == day, TokenRecord.called_at.isnot(None))  # type: ignore[union-attr]
+                .order_by(TokenRecord.called_at.desc())  # type: ignore[union-attr]
+                .limit(GAPS_USED + 1)
+            )  # fmt: skip
+            async with self.state.engine.connect() as conn:
+                times = [to_ms(r[0]) / 1000 for r in (await conn.execute(q)).all()]
+            value = median_gap(times)
+            self.intervals[key] = (time.monotonic(), value)
+            return value
+
+
+def median_gap(call_times_s: list[float]) -> float | None:
+    ordered = sorted(call_times_s)
+    gaps = [b - a for a, b in itertools.pairwise(ordered) if 0 < b - a <= MAX_GAP_S]
+    return statistics.median(gaps) if len(gaps) >= 2 else None
+
+
+def lookup_of(state: AppState) -> StatusLookup:
+    found = state.extras.get("status_lookup")
+    if not isinstance(found, StatusLookup):
+        found = state.extras["status_lookup"] = StatusLookup(state)
+    return found
+
+
+async def status_body(state: AppState, token: Token, snap: Snapshot) -> dict[str, Any]:
+    cfg = await state.directory.get(token.hip_id)
+    counter = cfg.counters.get(token.counter)
+    position = snap.position(token)
+    eta: int | None = None
+    if position is not None:
+        interval = await lookup_of(state).interval_s(token.hip_id, token.counter, cfg.facility.timezone)
+        if interval is not None:
+            eta = max(1, math.ceil(interval * (position + 1) / 60))
+    desk = cfg.desks.get(token.desk or "")
+    return {
+        "label": token.label, "number": token.number, "counter": token.counter,
+        "counter_name": counter.name if counter else token.counter,
+        "counter_names": (counter.names or {}) if counter else {},
+        "status": token.status.value, "position": position, "eta_minutes": eta,
+        "desk": token.desk if token.status is Status.CALLED else None,
+        "desk_name": desk.name if desk and token.status is Status.CALLED else None,
+        "called_at": token.called_ms, "local_date": token.local_date,
+        "facility": {"name": cfg.facility.name, "names": cfg.facility.names or {}},
+        "version": token.version,
+    }  # fmt: skip
+
+
+@router.get("/api/status/{public_id}")
+async def token_status(public_id: PublicId, state: deps.StateDep) -> dict[str, Any]:
+    token = await lookup_of(state).token(public_id)
+    snap = await hub_of(state).snapshot(token.hip_id)
+    return await status_body(state, token, snap)
+
+
+@router.get("/api/status/{public_id}/events")
+async def token_status_events(public_id: PublicId, state: deps.StateDep) -> EventSourceResponse:
+    token = await lookup_of(state).token(public_id)
+    hub = hub_of(state)
+    await hub.snapshot(token.hip_id)
+    return EventSourceResponse(_status_stream(state, hub, token), ping=PING_S, headers=_SSE_HEADERS)
+
+
+async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIterator[ServerSentEvent]:
+    async with hub.listen(token.hip_id) as listener:
+        snap = await _fresh_snapshot(hub, token.hip_id)
+        if snap is None:
+            return
+        last = await status_body(state, token, snap)
+        yield _sse("status", last)
+        while True:
+            msg = await listener.get()
+            if msg.kind == "event" and msg.token is not None and msg.token.id == token.id:
+                token = msg.token
+            elif msg.kind == "update" and msg.snapshot is not None:
+                snap = msg.snapshot
+            elif msg.kind in ("resync", "offline"):
+                if msg.kind == "offline":
+                    yield _sse("offline", {})
+                    continue
+                fresh = await _fresh_snapshot(hub, token.hip_id)
+                if fresh is None:
+                    return
+                snap = fresh
+                token = await lookup_of(state).token(token.public_id)
+            elif msg.kind == "closed":
+                return
+            else:
+                continue
+            body = await status_body(state, token, snap)
+            if body != last:
+                last = body
+                yield _sse("status", body)
+
+
+def install(app: FastAPI) -> None:
+    from token_service.api import fhir
+
+    app.include_router(router)
+    app.include_router(fhir.router)
+    app.state.startup_hooks.append(start_hub)
+    app.state.shutdown_hooks.append(stop_hub)
+
+
+__all__ = ["board_access", "install", "status_body"]
