@@ -194,6 +194,14 @@ class DeviceLastSeen:
 
 
 def _device_token(scope: Scope) -> str | None:
+    """The device credential of a request: the bearer header, or ``?token=`` (boards' EventSource)."""
+    query: bytes = scope.get("query_string", b"")
+    if b"token=dev_" in query:
+        from urllib.parse import parse_qs
+
+        for token in parse_qs(query.decode("latin-1")).get("token", []):
+            if token.startswith("dev_"):
+                return token
     for name, value in scope["headers"]:
         if name == b"authorization":
             text: str = value.decode("latin-1")
