@@ -76,7 +76,9 @@ async def test_who_may_print_and_errors(tmp_path: Path, redis_url: str) -> None:
         assert r.status_code == 403  # a kiosk prints only on its paired printer
         for device in ("board1", "printer1"):
             assert (await client.post(url, json={}, headers=_dev(s, device))).status_code == 403
-        r = await client.post(f"/api/tokens/{HIP}.OPD1.20200101.00001/print", json={}, headers=_dev(s, "kiosk1"))
+        r = await client.post(
+            f"/api/tokens/{HIP}.OPD1.20200101.00001/print", json={}, headers=_dev(s, "kiosk1")
+        )
         assert r.status_code == 404
         assert (await client.post(f"/api/tokens/{token['id']}/cancel", headers=admin)).status_code == 200
         r = await client.post(url, json={"printer": "printer1"}, headers=admin)
@@ -84,10 +86,14 @@ async def test_who_may_print_and_errors(tmp_path: Path, redis_url: str) -> None:
         # Only printer devices take jobs; staff and kiosks get 403.
         for headers in (admin, _dev(s, "kiosk1")):
             assert (await client.get("/api/print-jobs/next", headers=headers)).status_code == 403
-        assert (await client.get("/api/print-jobs/next?wait=26", headers=_dev(s, "printer1"))).status_code == 422
+        assert (
+            await client.get("/api/print-jobs/next?wait=26", headers=_dev(s, "printer1"))
+        ).status_code == 422
         r = await client.post("/api/print-jobs/1/ack", json={"status": "done"}, headers=_dev(s, "printer1"))
         assert r.status_code == 422
-        r = await client.post("/api/print-jobs/999/ack", json={"status": "printed"}, headers=_dev(s, "printer1"))
+        r = await client.post(
+            "/api/print-jobs/999/ack", json={"status": "printed"}, headers=_dev(s, "printer1")
+        )
         assert r.status_code == 404
 
 
@@ -97,7 +103,9 @@ async def test_lease_redelivery_ack_and_idempotent_ack(tmp_path: Path, redis_url
     async with running_app(settings) as (_, client):
         kiosk, printer = _dev(s, "kiosk1"), _dev(s, "printer1")
         token = await _issue(client, kiosk)
-        job_id = (await client.post(f"/api/tokens/{token['id']}/print", json={}, headers=kiosk)).json()["job_id"]
+        job_id = (await client.post(f"/api/tokens/{token['id']}/print", json={}, headers=kiosk)).json()[
+            "job_id"
+        ]
         job = (await client.get("/api/print-jobs/next?lease=1", headers=printer)).json()
         assert job["id"] == job_id and job["lease_seconds"] == 1
         # Leased: nothing else to deliver right now.
@@ -111,7 +119,9 @@ async def test_lease_redelivery_ack_and_idempotent_ack(tmp_path: Path, redis_url
         r = await client.post(f"/api/print-jobs/{job_id}/ack", json={"status": "printed"}, headers=printer)
         assert r.json() == {"id": job_id, "status": "printed"}
         # A late ack from the first delivery, even a failure, does not undo the print.
-        r = await client.post(f"/api/print-jobs/{job_id}/ack", json={"status": "failed", "error": "x"}, headers=printer)
+        r = await client.post(
+            f"/api/print-jobs/{job_id}/ack", json={"status": "failed", "error": "x"}, headers=printer
+        )
         assert r.json() == {"id": job_id, "status": "printed"}
         assert (await client.get("/api/print-jobs/next", headers=printer)).status_code == 204
 
@@ -126,7 +136,9 @@ async def test_long_poll_wakes_on_a_new_job_without_polling(tmp_path: Path, redi
         await asyncio.sleep(0.3)
         assert not poll.done()
         started = time.monotonic()
-        job_id = (await client.post(f"/api/tokens/{token['id']}/print", json={}, headers=kiosk)).json()["job_id"]
+        job_id = (await client.post(f"/api/tokens/{token['id']}/print", json={}, headers=kiosk)).json()[
+            "job_id"
+        ]
         r = await asyncio.wait_for(poll, 5)
         latency = time.monotonic() - started
         assert r.status_code == 200 and r.json()["id"] == job_id
@@ -151,14 +163,18 @@ async def test_heartbeat_and_printer_listing(tmp_path: Path, redis_url: str) -> 
         kiosk, printer = _dev(s, "kiosk1"), _dev(s, "printer1")
         for _ in range(3):
             token = await _issue(client, kiosk)
-            assert (await client.post(f"/api/tokens/{token['id']}/print", json={}, headers=kiosk)).status_code == 202
+            assert (
+                await client.post(f"/api/tokens/{token['id']}/print", json={}, headers=kiosk)
+            ).status_code == 202
         r = await client.post("/api/printers/heartbeat", json={"healthy": False, "detail": "out of paper"},
                               headers=printer)  # fmt: skip
         assert r.json() == {"printer": "printer1", "queued": 3}
         one = (await client.get("/api/print-jobs/next", headers=printer)).json()["id"]
         two = (await client.get("/api/print-jobs/next", headers=printer)).json()["id"]
         await client.post(f"/api/print-jobs/{one}/ack", json={"status": "printed"}, headers=printer)
-        await client.post(f"/api/print-jobs/{two}/ack", json={"status": "failed", "error": "bad"}, headers=printer)
+        await client.post(
+            f"/api/print-jobs/{two}/ack", json={"status": "failed", "error": "bad"}, headers=printer
+        )
         (row,) = (await client.get(f"/api/facilities/{HIP}/printers", headers=admin)).json()
         assert row["online"] is True and row["healthy"] is False and row["detail"] == "out of paper"
         assert (row["queued"], row["in_flight"], row["failed_24h"]) == (1, 0, 1)
