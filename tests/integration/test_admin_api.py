@@ -49,17 +49,25 @@ async def test_roles_and_facilities(tmp_path: Path, redis_url: str) -> None:
         admin, clerk, admin2 = [await login(client, u) for u in ("admin", "clerk", "admin2")]
         client.cookies.clear()  # bearer headers only: "anonymous" must really carry nothing
         calls = [
-            ("GET", f"{A}/settings", None), ("PATCH", f"{A}/settings", {"skip_places": 4}),
-            ("GET", f"{A}/counters", None), ("POST", f"{A}/counters", {"code": "NEURO", "names": {"en": "Neuro"}}),
-            ("PATCH", f"{A}/counters/OPD1", {"active": False}), ("GET", f"{A}/desks", None),
-            ("POST", f"{A}/desks", {"code": "D9"}), ("PATCH", f"{A}/desks/D1", {"name": "x"}),
+            ("GET", f"{A}/settings", None),
+            ("PATCH", f"{A}/settings", {"skip_places": 4}),
+            ("GET", f"{A}/counters", None),
+            ("POST", f"{A}/counters", {"code": "NEURO", "names": {"en": "Neuro"}}),
+            ("PATCH", f"{A}/counters/OPD1", {"active": False}),
+            ("GET", f"{A}/desks", None),
+            ("POST", f"{A}/desks", {"code": "D9"}),
+            ("PATCH", f"{A}/desks/D1", {"name": "x"}),
             ("GET", f"{A}/users", None),
             ("POST", f"{A}/users", {"username": "u1", "role": "clerk", "password": "abcdefgh1"}),
-            ("PATCH", f"{A}/users/clerk", {"active": False}), ("POST", f"{A}/users/clerk/password", {}),
-            ("GET", f"{A}/devices", None), ("POST", f"{A}/devices", {"name": "b9", "kind": "board"}),
-            ("POST", f"{A}/devices/board1/revoke", None), ("GET", f"{A}/audit", None),
-            ("GET", f"{A}/reports/daily", None), ("GET", f"{A}/reports/daily.csv", None),
-        ]  # fmt: skip
+            ("PATCH", f"{A}/users/clerk", {"active": False}),
+            ("POST", f"{A}/users/clerk/password", {}),
+            ("GET", f"{A}/devices", None),
+            ("POST", f"{A}/devices", {"name": "b9", "kind": "board"}),
+            ("POST", f"{A}/devices/board1/revoke", None),
+            ("GET", f"{A}/audit", None),
+            ("GET", f"{A}/reports/daily", None),
+            ("GET", f"{A}/reports/daily.csv", None),
+        ]
         kiosk = {"Authorization": f"Bearer {s.devices['kiosk1']}"}
         before = await snapshot(client, admin)
         for method, url, body in calls:
@@ -101,22 +109,57 @@ async def test_validation_errors_change_nothing(tmp_path: Path, redis_url: str) 
             ("PATCH", "settings", {"skip_places": 3, "owner": "me"}, 422, "invalid_body"),
             ("POST", "counters", {"code": "OPD1", "names": {"en": "Again"}}, 409, "duplicate"),
             ("POST", "counters", {"code": HIP, "names": {"en": "Same as HIP"}}, 422, "code_is_hip_id"),
-            ("POST", "counters", {"code": HIP.lower(), "names": {"en": "Same as HIP"}}, 422, "code_is_hip_id"),
+            (
+                "POST",
+                "counters",
+                {"code": HIP.lower(), "names": {"en": "Same as HIP"}},
+                422,
+                "code_is_hip_id",
+            ),
             ("POST", "counters", {"code": "OPD-3", "names": {"en": "Dash"}}, 422, "invalid_body"),
             ("POST", "counters", {"code": "A" * 21, "names": {"en": "Long"}}, 422, "invalid_body"),
             ("POST", "counters", {"code": "EYE", "names": {"en": "  "}}, 422, "name_required"),
-            ("POST", "counters", {"code": "EYE", "names": {"en": "Eye"}, "prefix": "TOOLONG99"}, 422, "invalid_body"),
-            ("POST", "counters", {"code": "EYE", "names": {"en": "Eye"}, "desks": ["D 1"]}, 422, "invalid_body"),
+            (
+                "POST",
+                "counters",
+                {"code": "EYE", "names": {"en": "Eye"}, "prefix": "TOOLONG99"},
+                422,
+                "invalid_body",
+            ),
+            (
+                "POST",
+                "counters",
+                {"code": "EYE", "names": {"en": "Eye"}, "desks": ["D 1"]},
+                422,
+                "invalid_body",
+            ),
             ("PATCH", "counters/NOPE", {"active": False}, 404, "not_found"),
             ("PATCH", "counters/OPD1", {"active": None}, 422, "invalid_body"),
             ("POST", "desks", {"code": "D1"}, 409, "duplicate"),
             ("POST", "desks", {"code": "D7", "counters": ["NOPE"]}, 422, "unknown_counter"),
             ("PATCH", "desks/D1", {"counters": ["OPD1", "NOPE"]}, 422, "unknown_counter"),
-            ("POST", "users", {"username": "clerk", "role": "clerk", "password": "abcdefgh1"}, 409, "duplicate"),
-            ("POST", "users", {"username": "x", "role": "root", "password": "abcdefgh1"}, 422, "invalid_body"),
+            (
+                "POST",
+                "users",
+                {"username": "clerk", "role": "clerk", "password": "abcdefgh1"},
+                409,
+                "duplicate",
+            ),
+            (
+                "POST",
+                "users",
+                {"username": "x", "role": "root", "password": "abcdefgh1"},
+                422,
+                "invalid_body",
+            ),
             ("POST", "users", {"username": "x", "role": "clerk", "password": "short"}, 422, "invalid_body"),
-            ("POST", "users", {"username": "x", "role": "clerk", "password": "abcdefgh1", "counters": ["NOPE"]},
-             422, "unknown_counter"),
+            (
+                "POST",
+                "users",
+                {"username": "x", "role": "clerk", "password": "abcdefgh1", "counters": ["NOPE"]},
+                422,
+                "unknown_counter",
+            ),
             ("PATCH", "users/admin", {"active": False}, 409, "self_lockout"),
             ("PATCH", "users/admin", {"role": "clerk"}, 409, "self_lockout"),
             ("PATCH", "users/nobody", {"active": False}, 404, "not_found"),
@@ -126,7 +169,7 @@ async def test_validation_errors_change_nothing(tmp_path: Path, redis_url: str) 
             ("POST", "devices", {"name": "k2", "kind": "kiosk", "printer": "nope"}, 404, "not_found"),
             ("POST", "devices", {"name": "b2", "kind": "board", "printer": "printer1"}, 422, "invalid_body"),
             ("POST", "devices/nope/revoke", None, 404, "not_found"),
-        ]  # fmt: skip
+        ]
         for method, part, body, status, code in bad:
             r = await client.request(method, f"{A}/{part}", json=body, headers=h)
             assert r.status_code == status, (part, body, r.text)
@@ -171,8 +214,9 @@ async def test_configuration_reaches_the_queue(tmp_path: Path, redis_url: str) -
         assert r.status_code == 200 and r.json()["desk"] == "NEURO"
 
         # A desk that serves two counters; then the clerk calls from it.
-        r = await client.post(f"{A}/desks", json={"code": "D4", "name": "Room 4", "counters": ["OPD2", "NEURO"]},
-                              headers=h)  # fmt: skip
+        r = await client.post(
+            f"{A}/desks", json={"code": "D4", "name": "Room 4", "counters": ["OPD2", "NEURO"]}, headers=h
+        )
         assert r.status_code == 201 and r.json()["counters"] == ["OPD2", "NEURO"]
         r = await client.post(f"/api/facilities/{HIP}/desks/D4/call-next", headers=h)
         assert r.status_code == 200 and r.json()["counter"] == "OPD2" and r.json()["desk"] == "D4"
@@ -249,8 +293,9 @@ async def test_device_tokens(tmp_path: Path, redis_url: str) -> None:
         assert r.status_code == 201, r.text
         board_token = r.json()["token"]
         assert board_token.startswith("dev_") and r.json()["last_seen_at"] is None
-        r = await client.post(f"{A}/devices", json={"name": "kiosk2", "kind": "kiosk", "printer": "printer1"},
-                              headers=h)  # fmt: skip
+        r = await client.post(
+            f"{A}/devices", json={"name": "kiosk2", "kind": "kiosk", "printer": "printer1"}, headers=h
+        )
         kiosk = {"Authorization": f"Bearer {r.json()['token']}"}
         board = {"Authorization": f"Bearer {board_token}"}
         listed = (await client.get(f"{A}/devices", headers=h)).text
@@ -315,11 +360,15 @@ async def test_audit_log(tmp_path: Path, redis_url: str) -> None:
         items = r.json()["items"]
         got = [(i["actor"], i["action"], i["target"]) for i in items]
         assert got == [
-            ("admin", "device.revoke", "b2"), ("admin", "device.create", "b2"),
-            ("admin", "user.password_reset", "u1"), ("admin", "user.create", "u1"),
-            ("admin", "desk.update", "D1"), ("admin", "counter.deactivate", "EYE"),
-            ("admin", "counter.create", "EYE"), ("admin", "facility.update", HIP),
-        ]  # fmt: skip
+            ("admin", "device.revoke", "b2"),
+            ("admin", "device.create", "b2"),
+            ("admin", "user.password_reset", "u1"),
+            ("admin", "user.create", "u1"),
+            ("admin", "desk.update", "D1"),
+            ("admin", "counter.deactivate", "EYE"),
+            ("admin", "counter.create", "EYE"),
+            ("admin", "facility.update", HIP),
+        ]
         assert items[-1]["detail"] == {"skip_places": [3, 5]}
         assert items[4]["detail"] == {"counters": [["OPD1"], ["OPD1", "EYE"]]}
         assert items[5]["detail"] == {"active": [True, False]}
