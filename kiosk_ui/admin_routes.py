@@ -170,7 +170,7 @@ async def reports_page(request: Request) -> Response:
 
 def hourly_chart(report: reports.DayReport) -> dict[str, Any]:
     """Bar geometry for the arrivals chart, drawn as plain SVG (no script, no inline style: CSP)."""
-    width, height, top, bottom, left = 960, 260, 16, 28, 36
+    width, height, top, bottom, left = 1500, 240, 20, 28, 40
     peak = max(report.hourly) or 1
     step = (width - left) / 24
     plot = height - top - bottom
@@ -178,8 +178,9 @@ def hourly_chart(report: reports.DayReport) -> dict[str, Any]:
     for hour, count in enumerate(report.hourly):
         h = plot * count / peak
         x = left + hour * step
-        bars.append({"hour": hour, "count": count, "x": round(x + 3, 1), "w": round(step - 6, 1),
-                     "y": round(top + plot - h, 1), "h": round(h, 1), "cx": round(x + step / 2, 1)})  # fmt: skip
+        y = round(top + plot - h, 1)
+        bars.append({"hour": hour, "count": count, "x": round(x + 3, 1), "w": round(step - 6, 1), "y": y,
+                     "h": round(h, 1), "cx": round(x + step / 2, 1)})  # fmt: skip
     ticks = sorted({0, peak // 2, peak}) if peak > 1 else [0, 1]
     grid = [{"value": v, "y": round(top + plot - plot * v / peak, 1)} for v in ticks]
     return {"width": width, "height": height, "bars": bars, "grid": grid, "base": top + plot, "left": left,

@@ -125,6 +125,18 @@
     });
   });
 
+  document.querySelectorAll("button.edit-toggle").forEach(function (btn) {
+    btn.addEventListener("click", function () {
+      var row = document.getElementById(btn.dataset.target);
+      var open = row.classList.toggle("hidden") === false;
+      btn.setAttribute("aria-expanded", open ? "true" : "false");
+      if (open) {
+        var first = row.querySelector("input, select");
+        if (first) first.focus();
+      }
+    });
+  });
+
   var copy = document.getElementById("secret-copy");
   if (copy) {
     copy.addEventListener("click", function () {
