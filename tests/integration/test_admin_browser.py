@@ -84,6 +84,25 @@ def admin_page(browser: Any, base: str, lang: str = "en") -> tuple[Any, Any, lis
 
 def test_admin_creates_counter_downloads_poster_and_adds_device(browser: Any, service: ServiceProc) -> None:
     ctx, page, problems = admin_page(browser, service.url)
+    page.fill("#fac-name-gu", "જિલ્લા હૉસ્પિટલ પટના")
+    page.select_option("#fac-lang-0", "gu")
+    page.select_option("#fac-lang-1", "hi")
+    page.select_option("#fac-lang-2", "en")
+    page.fill("#fac-validity", "45")
+    page.fill("#fac-skip", "2")
+    page.click("#settings-save")
+    page.wait_for_selector("#flash:not(.hidden)")
+    with httpx.Client(base_url=service.url) as http:
+        r = http.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
+        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        got = http.get(f"/api/admin/facilities/{HIP}/settings", headers=h).json()
+    assert got["languages"] == ["gu", "hi", "en"] and got["names"]["gu"] == "જિલ્લા હૉસ્પિટલ પટના"
+    assert (got["validity_seconds"], got["skip_places"], got["ageing_seconds"]) == (2700, 2, 2700)
+    page.fill("#fac-validity", "")  # empty: back to the service default
+    page.click("#settings-save")
+    page.wait_for_selector("#flash:not(.hidden)")
+    assert page.input_value("#fac-validity") == ""
+
     page.click("#nav-counters")
     page.fill("#new-counter-code", "NEURO")
     page.fill("#new-counter-prefix", "N")
