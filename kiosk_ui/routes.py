@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from token_service.api import auth as auth_api
 from token_service.api.deps import SESSION_COOKIE, get_state, optional_principal
 from token_service.api.schemas import LoginIn
 from token_service.auth import Principal
-from token_service.errors import Unauthorized
+from token_service.directory import FacilityConfig
+from token_service.errors import NotFound, Unauthorized
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 router = APIRouter(include_in_schema=False)
@@ -172,6 +174,92 @@ async def logout(request: Request) -> Response:
     if check_form_csrf(request, form):
         response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+# ---- pages
+
+
+def _page_data(payload: dict[str, Any]) -> str:
+    """JSON for <script type="application/json">: `<` escaped so no value can close the element."""
+    return json.dumps(payload, ensure_ascii=False).replace("<", "\\u003c")
+
+
+def _counter_rows(cfg: FacilityConfig) -> list[dict[str, Any]]:
+    rows = []
+    for c in cfg.counters.values():
+        if c.active:
+            rows.append({"code": c.code, "name": c.name, "names": c.names or {}, "prefix": c.prefix})
+    return rows
+
+
+@router.get("/console")
+async def console_page(request: Request) -> Response:
+    principal = await page_principal(request)
+    if principal is None or principal.kind != "user":
+        return login_redirect(request)
+    state = get_state(request)
+    hip_id = (
+        principal.hip_id or request.query_params.get("hip") or next(iter(await state.directory.hip_ids()), "")
+    )
+    t = Translator(pick_lang(request))
+    try:
+        cfg = await state.directory.get(hip_id)
+    except NotFound:
+        return render(request, "message.html", {"message": t("console.no_facility")}, status_code=404)
+    allowed = principal.allowed_counters()
+    desks = []
+    for d in cfg.desks.values():
+        served = cfg.desk_counters(d)
+        if d.active and served and (allowed is None or set(served) <= set(allowed)):
+            desks.append({"code": d.code, "name": d.name, "counters": served})
+    wanted = request.query_params.get("desk")
+    desk = next((d for d in desks if d["code"] == wanted), None)
+    data = {
+        "hip_id": hip_id, "desks": desks, "desk": desk["code"] if desk else None,
+        "counters": _counter_rows(cfg),
+        "lang": t.lang, "strings": t.subset("console.", "priority.", "source.", "gender.", "app."),
+        "user": principal.name,
+    }  # fmt: skip
+    name = t.localized(cfg.facility.names, cfg.facility.name)
+    ctx = {"principal": principal, "desks": desks, "desk": desk, "page_data": _page_data(data),
+           "facility_name": name}  # fmt: skip
+    return render(request, "console.html", ctx)
+
+
+@router.get("/board/{hip_id}")
+async def board_page(request: Request, hip_id: str) -> Response:
+    state = get_state(request)
+    t = Translator(pick_lang(request))
+    try:
+        cfg = await state.directory.get(hip_id)
+    except NotFound:
+        return render(request, "message.html", {"message": t("app.not_found")}, status_code=404)
+    query = {k: v for k, v in request.query_params.items() if k in ("counters", "department", "token")}
+    data = {
+        "hip_id": hip_id, "query": query, "lang": t.lang, "languages": list(cfg.facility.languages or ["en"]),
+        "counters": _counter_rows(cfg), "strings": t.subset("board.", "app."),
+    }  # fmt: skip
+    ctx = {"facility_name": t.localized(cfg.facility.names, cfg.facility.name), "page_data": _page_data(data)}
+    return render(request, "board.html", ctx)
+
+
+@router.get("/t/{public_id}")
+async def status_page(request: Request, public_id: str) -> Response:
+    from token_service.api.board import lookup_of
+
+    state = get_state(request)
+    t = Translator(pick_lang(request))
+    try:
+        if not public_id.replace("-", "").replace("_", "").isalnum() or len(public_id) > 32:
+            raise NotFound("no such token")
+        token = await lookup_of(state).token(public_id)
+        cfg = await state.directory.get(token.hip_id)
+    except NotFound:
+        return render(request, "message.html", {"message": t("status.not_found")}, status_code=404)
+    data = {"public_id": public_id, "lang": t.lang, "strings": t.subset("status.", "app.")}
+    ctx = {"facility_name": t.localized(cfg.facility.names, cfg.facility.name), "label": token.label,
+           "page_data": _page_data(data)}  # fmt: skip
+    return render(request, "status.html", ctx)
 
 
 def install(app: FastAPI) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import signal
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
@@ -132,7 +135,7 @@ async def board_events(
     only = counter_filter(cfg, counters, department)
     hub = hub_of(state)
     await hub.snapshot(hip_id)  # fail with 503 now rather than inside the stream
-    return EventSourceResponse(_board_stream(hub, hip_id, only), ping=PING_S, headers=_SSE_HEADERS)
+    return _stream(_board_stream(hub, hip_id, only))
 
 
 async def _fresh_snapshot(hub: LiveHub, hip_id: str) -> Snapshot | None:
@@ -142,10 +145,19 @@ async def _fresh_snapshot(hub: LiveHub, hip_id: str) -> Snapshot | None:
         try:
             return await hub.snapshot(hip_id)
         except Exception:
-            if not hub._tasks or all(t.done() for t in hub._tasks):
+            if hub.closing:
                 return None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 3.0)
+
+
+def _ping() -> ServerSentEvent:
+    # A real event, not a comment: pages use it as a heartbeat to spot half-open connections.
+    return ServerSentEvent(data="{}", event="ping")
+
+
+def _stream(content: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+    return EventSourceResponse(content, ping=PING_S, ping_message_factory=_ping, headers=_SSE_HEADERS)
 
 
 def _sse(event: str, data: Any, ident: int | None = None) -> ServerSentEvent:
@@ -299,7 +311,7 @@ async def token_status_events(public_id: PublicId, state: deps.StateDep) -> Even
     token = await lookup_of(state).token(public_id)
     hub = hub_of(state)
     await hub.snapshot(token.hip_id)
-    return EventSourceResponse(_status_stream(state, hub, token), ping=PING_S, headers=_SSE_HEADERS)
+    return _stream(_status_stream(state, hub, token))
 
 
 async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIterator[ServerSentEvent]:
@@ -334,13 +346,48 @@ async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIt
                 yield _sse("status", body)
 
 
+def _end_streams_on_exit(hub: LiveHub) -> list[tuple[int, Any]]:
+    """Chain the server's SIGTERM/SIGINT handlers so open SSE streams end when it starts stopping.
+
+    uvicorn waits for open connections before the lifespan shutdown runs, and an SSE stream never ends
+    by itself; without this every stop would hang until the process is killed. Browsers reconnect.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    loop = asyncio.get_running_loop()
+    restore: list[tuple[int, Any]] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def chained(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(hub.end_streams)
+            previous(signum, frame)
+
+        signal.signal(sig, chained)
+        restore.append((sig, previous))
+    return restore
+
+
+async def _start(state: AppState) -> None:
+    await start_hub(state)
+    state.extras["live_hub.signals"] = _end_streams_on_exit(hub_of(state))
+
+
+async def _stop(state: AppState) -> None:
+    for sig, previous in reversed(state.extras.pop("live_hub.signals", [])):
+        signal.signal(sig, previous)
+    await stop_hub(state)
+
+
 def install(app: FastAPI) -> None:
     from token_service.api import fhir
 
     app.include_router(router)
     app.include_router(fhir.router)
-    app.state.startup_hooks.append(start_hub)
-    app.state.shutdown_hooks.append(stop_hub)
+    app.state.startup_hooks.append(_start)
+    app.state.shutdown_hooks.append(_stop)
 
 
 __all__ = ["board_access", "install", "status_body"]

@@ -142,6 +142,7 @@ class LiveHub:
         self.snapshots: dict[str, Snapshot] = {}
         self.recent: dict[str, deque[CallEntry]] = {}
         self.online = False
+        self.closing = False
         self.events_seen = 0
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -160,9 +161,16 @@ class LiveHub:
                 await task
         self._broadcast_all(Message("closed"))
 
+    def end_streams(self) -> None:
+        """The server is stopping: every open stream ends now (clients reconnect to the next process)."""
+        self.closing = True
+        self._broadcast_all(Message("closed"))
+
     @contextlib.asynccontextmanager
     async def listen(self, hip_id: str) -> AsyncIterator[Listener]:
         listener = Listener(hip_id)
+        if self.closing:
+            listener.put(Message("closed"))
         self.listeners.setdefault(hip_id, set()).add(listener)
         try:
             yield listener
