@@ -28,6 +28,8 @@ CARD = {
     "dob": "14/8/1979", "state name": "BIHAR", "district_name": "PATNA", "mobile": "9876543210",
     "address": "H No 12, Gali 4, Kankarbagh",
 }  # fmt: skip
+TILE = "document.querySelector('.desk-tile[data-desk=\"%s\"] .tile-token')"
+CURRENT = "label => window.consoleState.current && window.consoleState.current.label === label"
 PRIVATE = ("Ramesh Kumar Verma", "9876543210", "91-1234-5678-9012", "91123456789012", "Sita Devi Sharma")
 
 
@@ -119,16 +121,14 @@ def test_console_keys_drive_the_board_and_voice(browser: Any, service: ServicePr
 
     t0 = time.monotonic()
     console.keyboard.press("n")
-    board.wait_for_function(
-        "() => document.querySelector('.desk-tile[data-desk=\"D1\"] .tile-token').textContent === 'A1'", timeout=1000
-    )  # fmt: skip
+    board.wait_for_function(f"() => {TILE % 'D1'}.textContent === 'A1'", timeout=1000)
     shown_s = time.monotonic() - t0
     assert shown_s < 1.0
     call = board.evaluate("() => window.boardState.calls[window.boardState.calls.length - 1]")
     assert (call["label"], call["number"], call["counter"], call["desk"]) == ("A1", 1, "OPD1", "D1")
     seq = callout_sequence(["hi", "en"], "A1", "Desk 1")
     assert wait_idle(board, len(seq)) == seq
-    console.wait_for_function("() => window.consoleState.current && window.consoleState.current.label === 'A1'")
+    console.wait_for_function(CURRENT, arg="A1")
 
     console.keyboard.press("r")  # recall: spoken again, flagged as a recall
     board.wait_for_function("() => window.boardState.calls.length === 2")
@@ -144,7 +144,7 @@ def test_console_keys_drive_the_board_and_voice(browser: Any, service: ServicePr
     board.wait_for_function("() => window.boardState.calls.length === 3")
     called = board.evaluate("() => window.boardState.calls[2].label")
     assert called == "A2" and tile_label(board, "D1") == "A2"
-    console.wait_for_function("() => window.consoleState.current && window.consoleState.current.label === 'A2'")
+    console.wait_for_function(CURRENT, arg="A2")
 
     console.keyboard.press("t")  # transfer: the dialog takes the keyboard, Enter picks OPD2
     console.wait_for_selector("#transfer-dialog[open]")
@@ -153,7 +153,7 @@ def test_console_keys_drive_the_board_and_voice(browser: Any, service: ServicePr
     assert api.token(issued[1]["id"])["counter"] == "OPD2"
 
     console.keyboard.press("u")  # undo the transfer
-    console.wait_for_function("() => window.consoleState.current && window.consoleState.current.label === 'A2'")
+    console.wait_for_function(CURRENT, arg="A2")
     back = api.token(issued[1]["id"])
     assert (back["counter"], back["status"]) == ("OPD1", "called")
 
@@ -277,7 +277,7 @@ def test_screenshots_in_three_languages(browser: Any, service: ServiceProc, arti
         login = browser.new_context(viewport=VIEWPORT).new_page()
         login.goto(f"{service.url}/login?lang={lang}")
         login.screenshot(path=str(artifacts / f"ui-login-{lang}.png"))
-        console.goto(f"{service.url}/console?desk=D1&lang={lang}")
+        console.goto(f"{service.url}/console?desk=D2&lang={lang}")
         console.wait_for_function("() => window.consoleState.current && window.consoleState.current.patient")
         console.screenshot(path=str(artifacts / f"ui-console-{lang}.png"))
         board.goto(f"{service.url}/board/{HIP}?lang={lang}")
