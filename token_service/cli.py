@@ -304,7 +304,7 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
         if workers == 1:
             uvicorn.Server(config).run(sockets=[sock])
         else:
-            Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
         if embedded:

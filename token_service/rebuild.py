@@ -15,6 +15,8 @@ from token_service.queue.scripts import Scripts
 from token_service.queue.service import TokenQueue
 from token_service.records import tokens as token_sql
 from token_service.records.db import async_engine
+from token_service.records.recorder import Recorder
+from token_service.records.writer import SqlWriter
 
 
 async def rebuild_facility(queue: TokenQueue, engine: object, hip_id: str, day: date) -> int:
@@ -39,9 +41,15 @@ async def rebuild_queues(settings: Settings, hip_ids: list[str], day: date | Non
     engine = async_engine(settings)
     clock = SystemClock()
     queue = TokenQueue(redis, Scripts.register(redis), clock)
+    writer = SqlWriter(engine)
     done: dict[str, int] = {}
     try:
         for hip in hip_ids:
+            # Whatever history Redis still holds goes to SQL first, so SQL is as complete as it can be.
+            async def only(h: str = hip) -> list[str]:
+                return [h]
+
+            await Recorder(redis, writer, only).drain(hip)
             async with engine.connect() as conn:
                 row = (await conn.execute(select(Facility.timezone).where(Facility.hip_id == hip))).first()  # type: ignore[call-overload]
             tz = row[0] if row else "Asia/Kolkata"

@@ -1,4 +1,4 @@
-"""The walk-in kiosk: the page itself, and the whole flow in Chromium down to the slip's QR on a fake printer."""
+"""The walk-in kiosk: the page, and the whole flow in Chromium down to the slip's QR on a fake printer."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import zxingcpp
 from printer.raster import decode_raster, join_vertical
 from tests.support.app import HIP, PASSWORD, Seed, ServiceProc, make_settings, running_app, seed
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
 # The QR on a patient's own ABHA card (abdm-protocol.md section 6, card layout).
 CARD_QR = {
     "hidn": "91-1234-5678-9012", "hid": "ramesh.k1979@abdm", "name": "Ramesh Kumar", "gender": "M",
@@ -72,9 +74,11 @@ class CapturePrinter:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            chunks = []
             with conn:
-                data = b"".join(iter(lambda: conn.recv(65536), b""))
-            if data:
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+            if data := b"".join(chunks):
                 self.jobs.append(data)
 
     def wait(self, count: int, timeout: float = 10.0) -> bytes:
@@ -97,7 +101,7 @@ def kiosk_site(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServiceProc, Se
     s = seed(settings)
     service = ServiceProc(settings).start()
     printer = CapturePrinter()
-    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "agent.log", "wb")  # closed in the finally below
     agent = subprocess.Popen(
         [sys.executable, "-m", "printer.agent", "--server", service.url, "--token", s.devices["printer1"],
          "--printer", f"tcp://127.0.0.1:{printer.port}", "--spool", str(tmp_path / "spool")],

@@ -27,7 +27,8 @@ from token_service.records.writer import SqlWriter
 log = logging.getLogger(__name__)
 GROUP = "recorder"
 BATCH = 500
-CLAIM_IDLE_MS = 15_000
+# An entry a live worker took is acked within milliseconds; 5 s idle means its worker died.
+CLAIM_IDLE_MS = 5_000
 
 
 def parse_event(raw: bytes | str) -> tuple[str, int, str, Token]:
@@ -122,8 +123,8 @@ class Recorder:
         while True:
             try:
                 hips = await self.facilities()
-                # Every ~2 s also claim entries a dead worker left unacknowledged.
-                claim_old = tick % 40 == 0
+                # Every ~1 s also claim entries a dead worker left unacknowledged.
+                claim_old = tick % 20 == 0
                 tick += 1
                 busy = 0
                 for hip in hips:

@@ -1,0 +1,404 @@
+"""Scan & Share intake through the real HTTP stack: a real sandbox gateway on TCP, real Redis and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as sync_redis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from sqlalchemy import create_engine, text
+
+from tests.integration.test_sandbox_server import ServerThread
+from tests.support.app import HIP, make_settings, running_app, seed
+from token_service.abdm.sandbox import create_sandbox_app
+from token_service.abdm.sandbox_state import SandboxState
+from token_service.config import Settings
+
+V3 = "/api/v3/hip/patient/share"
+V1 = "/v1.0/patients/profile/share"
+V05 = "/v0.5/patients/profile/share"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[tuple[SandboxState, str]]:
+    state = SandboxState()
+    with ServerThread(create_sandbox_app(state)) as server:
+        yield state, server.url
+
+
+@pytest.fixture
+def gw(sandbox: tuple[SandboxState, str]) -> SandboxState:
+    state = sandbox[0]
+    state.set_fault("ok")
+    state.clear_on_shares()
+    return state
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, sandbox: tuple[SandboxState, str]) -> Settings:
+    s = make_settings(tmp_path, redis_url, abdm_gateway_url=sandbox[1])
+    seed(s)
+    return s
+
+
+@pytest.fixture
+async def service(settings: Settings, gw: SandboxState) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running_app(settings) as (app, c):
+        yield app, c
+
+
+@pytest.fixture
+def client(service: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return service[1]
+
+
+async def post_share(
+    client: httpx.AsyncClient, gw: SandboxState, version: str = "v3", counter: str = "OPD1",
+    abha: str = "ramesh.k1979@sbx", **kw: Any,
+) -> tuple[httpx.Response, str]:  # fmt: skip
+    request_id = kw.pop("request_id", None) or str(uuid.uuid4())
+    hip = kw.pop("hip_id", HIP)
+    headers, body = gw.build_share(version, hip, counter, abha, request_id=request_id, **kw)  # type: ignore[arg-type]
+    path = {"v3": V3, "v1": V1, "v0.5": V05}[version]
+    return await client.post(path, content=body, headers=headers), request_id
+
+
+async def on_share_for(gw: SandboxState, request_id: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The on-shares the sandbox accepted for this inbound request id, oldest first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [r for r in reversed(gw.on_shares()) if r.get("requestId") == request_id and r["answered"] == 202]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
+def sql_rows(settings: Settings, query: str) -> list[Any]:
+    engine = create_engine(settings.sqlalchemy_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(query)))
+    finally:
+        engine.dispose()
+
+
+def token_keys(redis_url: str) -> list[bytes]:
+    r = sync_redis.Redis.from_url(redis_url)
+    try:
+        return list(r.scan_iter(match=f"opd:{{{HIP}}}:t:*"))
+    finally:
+        r.close()
+
+
+async def test_v3_share_gets_202_and_on_share_with_token(client: httpx.AsyncClient, gw: SandboxState, settings: Settings) -> None:
+    started = time.perf_counter()
+    r, rid = await post_share(client, gw)
+    ack_ms = (time.perf_counter() - started) * 1000
+    assert r.status_code == 202, r.text
+    assert r.json() == {"status": "accepted", "requestId": rid}
+    assert ack_ms < 500
+    (on_share,) = await on_share_for(gw, rid)
+    assert on_share["version"] == "v3" and on_share["tokenNumber"] == "A1"
+    assert on_share["abhaAddress"] == "ramesh.k1979@sbx" and on_share["context"] == "OPD1"
+    assert on_share["body"]["response"] == {"requestId": rid}
+    assert on_share["outboundRequestId"] != rid  # a fresh REQUEST-ID for our own call
+    assert 1790 <= int(on_share["expiry"]) <= 1800
+    (token,) = sql_rows(settings, "select id, number, source, request_id, patient from token")
+    assert (token.number, token.source, token.request_id) == (1, "scan_share", rid)
+    assert json.loads(token.patient)["name"] == "Ramesh Kumar"
+    await asyncio.sleep(0.1)
+    (row,) = sql_rows(settings, "select id, status, attempts, token_id from on_share")
+    assert (row.status, row.attempts, row.token_id) == ("sent", 1, token.id)
+    (attempt,) = sql_rows(settings, "select ok, status_code from on_share_attempt")
+    assert (attempt.ok, attempt.status_code) == (1, 202)
+
+
+async def test_duplicate_delivery_and_rescan_give_same_token(client: httpx.AsyncClient, gw: SandboxState, settings: Settings) -> None:
+    r1, rid = await post_share(client, gw)
+    await on_share_for(gw, rid)
+    r2, _ = await post_share(client, gw, request_id=rid)  # the gateway delivers the same share again
+    assert (r1.status_code, r2.status_code) == (202, 202)
+    again = await on_share_for(gw, rid, count=2)
+    assert [o["tokenNumber"] for o in again] == ["A1", "A1"]
+    r3, rid3 = await post_share(client, gw)  # the patient scans again: new REQUEST-ID, same ABHA address
+    assert r3.status_code == 202
+    (rescan,) = await on_share_for(gw, rid3)
+    assert rescan["tokenNumber"] == "A1"
+    r4, rid4 = await post_share(client, gw, abha="sita.devi@sbx", name="सीता देवी")
+    assert (await on_share_for(gw, rid4))[0]["tokenNumber"] == "A2"
+    assert len(sql_rows(settings, "select id from token")) == 2
+    outcomes = sorted(json.loads(r.payload)["outcome"] for r in sql_rows(settings, "select payload from on_share"))
+    assert outcomes == ["created", "duplicate", "rescan"]  # the re-delivery re-armed the first row
+
+
+async def test_rescan_after_completion_gets_new_token(client: httpx.AsyncClient, gw: SandboxState) -> None:
+    _, rid = await post_share(client, gw)
+    assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
+    login = await client.post("/api/auth/login", json={"username": "admin", "password": "correct-horse-1"})
+    h = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    called = await client.post(f"/api/facilities/{HIP}/counters/OPD1/call-next", json={"desk": "D1"}, headers=h)
+    assert (await client.post(f"/api/tokens/{called.json()['id']}/complete", headers=h)).status_code == 200
+    _, rid2 = await post_share(client, gw)
+    assert (await on_share_for(gw, rid2))[0]["tokenNumber"] == "A2"
+
+
+@pytest.mark.parametrize("version", ["v1", "v0.5"])
+async def test_v1_and_v05_end_to_end(client: httpx.AsyncClient, gw: SandboxState, settings: Settings, version: str) -> None:
+    r, rid = await post_share(client, gw, version=version, counter="ORTHO")
+    assert r.status_code == 202, r.text
+    (on_share,) = await on_share_for(gw, rid)
+    assert on_share["version"] == "v1" and on_share["path"] == "/gateway/v1.0/patients/profile/on-share"
+    assert on_share["tokenNumber"] == "C1" and on_share["body"]["resp"] == {"requestId": rid}
+    assert on_share["body"]["acknowledgement"]["healthId"] == "ramesh.k1979@sbx"
+    (token,) = sql_rows(settings, "select counter, request_id from token")
+    assert tuple(token) == ("ORTHO", rid)
+
+
+@pytest.mark.parametrize(
+    ("counter", "hip", "message"),
+    [("OPD9", HIP, "Counter OPD9 is not configured"), ("OPD1", "IN9999999999", "Facility IN9999999999 is not configured")],
+)
+async def test_unknown_counter_or_facility_gets_error_on_share(
+    client: httpx.AsyncClient, gw: SandboxState, settings: Settings, redis_url: str, counter: str, hip: str, message: str
+) -> None:
+    r, rid = await post_share(client, gw, counter=counter, hip_id=hip)
+    assert r.status_code == 202
+    (on_share,) = await on_share_for(gw, rid)
+    assert on_share["error"]["code"] == "ABDM-9999" and message in on_share["error"]["message"]
+    assert "acknowledgement" not in on_share["body"]
+    assert on_share["body"]["response"] == {"requestId": rid}
+    await asyncio.sleep(0.1)
+    (row,) = sql_rows(settings, "select hip_id, status, payload from on_share")
+    assert (row.hip_id, row.status) == (hip, "sent")
+    assert json.loads(row.payload)["outcome"] == "rejected"
+    assert sql_rows(settings, "select id from token") == [] and token_keys(redis_url) == []
+
+
+async def test_closed_counter_gets_error_on_share(client: httpx.AsyncClient, gw: SandboxState, settings: Settings) -> None:
+    engine = create_engine(settings.sqlalchemy_url)
+    with engine.begin() as conn:
+        conn.execute(text("update counter set active = 0 where code = 'OPD2'"))
+    engine.dispose()
+    await asyncio.sleep(3.1)  # the per-process configuration cache
+    r, rid = await post_share(client, gw, counter="OPD2")
+    assert r.status_code == 202
+    (on_share,) = await on_share_for(gw, rid)
+    assert on_share["error"]["message"] == "Counter OPD2 is closed"
+
+
+PATIENT_VARIANTS: list[dict[str, Any]] = [
+    {"abhaNumber": None},
+    {"abhaNumber": "91-1234-5678-9012"},
+    {"abhaNumber": "91123456789012", "yearOfBirth": 1979, "monthOfBirth": 8, "dayOfBirth": 14},
+    {"dayOfBirth": None, "monthOfBirth": None},
+    {"address": {"line": "Gali 4", "district": "Patna", "state": "Bihar", "pinCode": "800001"}},
+    {"address": {"line": "Gali 4", "pincode": 800001}},
+    {"address": "H No 12, Gali 4, Patna"},
+    {"name": "रमेश कुमार", "gender": "O"},
+    {"name": "રમેશ કુમાર", "gender": "U", "phoneNumber": None},
+    {"phoneNumber": "+91 98765 43210"},
+]
+
+
+@pytest.mark.parametrize("extra", PATIENT_VARIANTS)
+async def test_observed_v3_payload_variants_accepted(client: httpx.AsyncClient, gw: SandboxState, extra: dict[str, Any]) -> None:
+    r, rid = await post_share(client, gw, patient_extra=extra)
+    assert r.status_code == 202, r.text
+    assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
+
+
+async def test_v3_metadata_variants_accepted(client: httpx.AsyncClient, gw: SandboxState) -> None:
+    headers, raw = gw.build_share("v3", HIP, "OPD2", "x.y@sbx", request_id=str(uuid.uuid4()))
+    body = json.loads(raw)
+    body["metaData"].pop("hprId")
+    body["metaData"].update(latitude=25.59, longitude=85.13)
+    headers.pop("X-HIP-ID")  # the facility then comes from metaData.hipId
+    r = await client.post(V3, content=json.dumps(body), headers=headers)
+    assert r.status_code == 202, r.text
+    assert (await on_share_for(gw, headers["REQUEST-ID"]))[0]["tokenNumber"] == "B1"
+
+
+async def test_v1_variants_accepted(client: httpx.AsyncClient, gw: SandboxState) -> None:
+    extra = {"healthIdNumber": None, "identifiers": [{"type": "EMAIL", "value": "a@b.c"}], "yearOfBirth": "1980"}
+    r, rid = await post_share(client, gw, version="v1", patient_extra=extra)
+    assert r.status_code == 202, r.text
+    assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
+
+
+def _jwt_cases(gw: SandboxState) -> dict[str, str]:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {"exp": now + 300, "iat": now, "nbf": now, "aud": "account", "realm_access": {"roles": ["gateway"]}}
+    public_pem = gw.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hs_header = pyjwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": gw.kid, "typ": "JWT"}).encode())
+    hs_payload = pyjwt.utils.base64url_encode(json.dumps(claims).encode())
+    import hashlib
+    import hmac
+
+    signing_input = hs_header + b"." + hs_payload
+    hs_sig = pyjwt.utils.base64url_encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest())
+    none_token = (
+        pyjwt.utils.base64url_encode(json.dumps({"alg": "none", "kid": gw.kid}).encode()) + b"." + hs_payload + b"."
+    )
+    return {
+        "expired": gw.sign_gateway_jwt({"exp": now - 600, "iat": now - 900, "nbf": now - 900}),
+        "nbf_future": gw.sign_gateway_jwt({"nbf": now + 600}),
+        "unknown_kid": gw.sign_gateway_jwt(kid="not-a-gateway-key"),
+        "wrong_signature": pyjwt.encode(claims, other, algorithm="RS256", headers={"kid": gw.kid}),
+        "alg_none": none_token.decode(),
+        "hs256_with_public_key": (signing_input + b"." + hs_sig).decode(),
+        "missing_role": gw.sign_gateway_jwt({"realm_access": {"roles": ["hip"]}}),
+        "wrong_audience": gw.sign_gateway_jwt({"aud": "someone-else"}),
+        "garbage": "not.a.jwt",
+    }
+
+
+async def test_jwt_cases_rejected_with_401_and_nothing_issued(
+    client: httpx.AsyncClient, gw: SandboxState, settings: Settings, redis_url: str
+) -> None:
+    r, rid = await post_share(client, gw)  # a valid token first: keys are cached
+    assert r.status_code == 202
+    await on_share_for(gw, rid)
+    for case, token in _jwt_cases(gw).items():
+        r, _ = await post_share(client, gw, jwt_token=token, abha=f"{case.replace('_', '.')}@sbx")
+        assert r.status_code == 401, (case, r.text)
+        assert r.json()["error"] == "invalid_gateway_token", case
+    headers, body = gw.build_share("v3", HIP, "OPD1", "no.auth@sbx")
+    headers.pop("Authorization")
+    assert (await client.post(V3, content=body, headers=headers)).status_code == 401
+    assert len(sql_rows(settings, "select id from token")) == 1
+    assert len(sql_rows(settings, "select id from on_share")) == 1
+    assert len(token_keys(redis_url)) == 1
+
+
+async def test_unknown_kid_refetches_keys_then_rejects(service: tuple[FastAPI, httpx.AsyncClient], gw: SandboxState) -> None:
+    from token_service.api.abdm import runtime_of
+
+    app, client = service
+    verifier = runtime_of(app.state.opd).verifier
+    r, _ = await post_share(client, gw)
+    assert r.status_code == 202
+    before = verifier.fetch_count
+    verifier._last_attempt_at = None  # the refetch rate limit has passed
+    r, _ = await post_share(client, gw, jwt_token=gw.sign_gateway_jwt(kid="rotated-away"))
+    assert r.status_code == 401 and "unknown kid" in r.json()["detail"]
+    assert verifier.fetch_count == before + 1
+    r, _ = await post_share(client, gw, jwt_token=gw.sign_gateway_jwt(kid="rotated-again"))
+    assert r.status_code == 401 and verifier.fetch_count == before + 1  # rate-limited: no second fetch
+
+
+MALFORMED = [
+    (b"", "invalid_json"),
+    (b"{", "invalid_json"),
+    (b"[]", "invalid_body"),
+    (b'{"intent": "PROFILE_SHARE"}', "invalid_body"),
+    (b'{"intent": "RECORD_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {}}}', "unsupported_intent"),
+    (b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD 1!"}, "profile": {"patient": {"name": "A", "abhaAddress": "a@sbx"}}}', "invalid_counter_code"),
+    (b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {"name": "A"}}}', "invalid_body"),
+    (b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {"name": "A", "abhaAddress": "a@sbx", "abhaNumber": "12"}}}', "invalid_body"),
+    (b'{"a": NaN}', "invalid_json"),
+    (b"[" * 5000 + b"]" * 5000, "invalid_json"),
+]
+
+
+@pytest.mark.parametrize(("body", "code"), MALFORMED)
+async def test_malformed_bodies_get_clear_400(client: httpx.AsyncClient, gw: SandboxState, body: bytes, code: str) -> None:
+    headers, _ = gw.build_share("v3", HIP, "OPD1", "a@sbx")
+    r = await client.post(V3, content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == code and r.json()["detail"]
+
+
+async def test_missing_headers_and_facility(client: httpx.AsyncClient, gw: SandboxState, redis_url: str) -> None:
+    headers, body = gw.build_share("v3", HIP, "OPD1", "a@sbx")
+    r = await client.post(V3, content=body, headers={k: v for k, v in headers.items() if k != "REQUEST-ID"})
+    assert (r.status_code, r.json()["error"]) == (400, "missing_request_id")
+    r = await client.post(V3, content=body, headers={**headers, "X-HIP-ID": "bad hip id!"})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_hip_id")
+    v1_headers, v1_body = gw.build_share("v1", HIP, "OPD1", "a@sbx")
+    v1_headers.pop("X-HIP-ID")  # v1.0 bodies carry no facility: the header is the only place
+    r = await client.post(V1, content=v1_body, headers=v1_headers)
+    assert (r.status_code, r.json()["error"]) == (400, "missing_hip_id")
+    big = b'{"x": "' + b"a" * 70_000 + b'"}'
+    r = await client.post(V3, content=big, headers=headers)
+    assert r.status_code == 413
+    assert token_keys(redis_url) == []
+
+
+_json_leaf = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False) | st.text(max_size=30)
+_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=20)
+_keys = st.sampled_from(["intent", "metaData", "profile", "requestId", "hipCode", "patient", "context", "abhaAddress", "healthId", "name"])
+
+
+def _share_like() -> st.SearchStrategy[Any]:
+    patient = st.dictionaries(st.sampled_from(["name", "abhaAddress", "abhaNumber", "gender", "yearOfBirth", "address", "phoneNumber"]), _json, max_size=7)
+    meta = st.dictionaries(st.sampled_from(["hipId", "context", "hprId", "latitude"]), _json, max_size=4)
+    shaped = st.fixed_dictionaries({"intent": st.sampled_from(["PROFILE_SHARE", "profile_share", "X", 5, None]), "metaData": meta | _json, "profile": st.fixed_dictionaries({"patient": patient}) | _json})
+    # Mostly share-shaped garbage (deep parsing paths), some arbitrary JSON and raw bytes.
+    return shaped.map(lambda d: json.dumps(d).encode()) | st.dictionaries(_keys, _json, max_size=6).map(lambda d: json.dumps(d).encode()) | st.binary(max_size=200)
+
+
+def _would_be_valid(body: bytes) -> bool:
+    from token_service.abdm.schemas import ShareParseError, parse_share
+
+    try:
+        parse_share("v3", body, {"REQUEST-ID": "x"})
+    except ShareParseError:
+        return False
+    return True
+
+
+async def test_generated_malformed_bodies_never_500_never_issue(client: httpx.AsyncClient, gw: SandboxState, redis_url: str, settings: Settings) -> None:
+    headers, _ = gw.build_share("v3", HIP, "OPD1", "a@sbx")
+    bodies: list[bytes] = []
+
+    @hsettings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(_share_like())
+    def collect(body: bytes) -> None:
+        bodies.append(body)
+
+    collect()
+    invalid = [b for b in bodies if not _would_be_valid(b)]
+    assert len(invalid) >= 190
+    for body in invalid:
+        r = await client.post(V3, content=body, headers=headers)
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        assert set(r.json()) == {"error", "detail"}
+    assert token_keys(redis_url) == [] and sql_rows(settings, "select id from on_share") == []
+
+
+async def test_redis_down_answers_503_and_gateway_can_retry(tmp_path: Path, gw: SandboxState, sandbox: tuple[SandboxState, str]) -> None:
+    from tests.support.servers import RedisProc
+
+    proc = RedisProc().start()
+    try:
+        s = make_settings(tmp_path, proc.url, abdm_gateway_url=sandbox[1])
+        seed(s)
+        async with running_app(s) as (_, c):
+            r, rid = await post_share(c, gw)
+            assert r.status_code == 202
+            proc.kill()
+            r2, rid2 = await post_share(c, gw, abha="later@sbx")
+            assert r2.status_code == 503 and r2.json()["error"] == "unavailable"
+            proc.start()
+            await asyncio.sleep(0.2)
+            r3, _ = await post_share(c, gw, abha="later@sbx", request_id=rid2)  # the gateway's retry
+            assert r3.status_code == 202, r3.text
+            assert (await on_share_for(gw, rid2))[0]["tokenNumber"] in ("A1", "A2")
+    finally:
+        proc.cleanup()

@@ -1,0 +1,431 @@
+"""Durable on-share outbox: a SQL row per share, delivered by any worker through atomic Redis claims.
+
+Life of an on-share::
+
+    record()  SQL row (pending) ──▶ wake(): ZADD due + LPUSH wake
+    run()     every worker: claim due ids (ZREM + lease, one Lua call) ──▶ send ──▶ attempt row
+              ok ─▶ sent · retryable and before the deadline ─▶ ZADD due later · else ─▶ failed
+    sweep()   pending SQL rows with neither a due entry nor a lease are queued again (after a crash,
+              a restart, or Redis losing its data); pending rows past the deadline are marked failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from prometheus_client import Counter as PromCounter
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from token_service.abdm.gateway import GatewayClient, GatewayResult
+from token_service.abdm.profile import PatientProfile
+from token_service.abdm.schemas import PROFILE_SHARE, ShareRequest
+from token_service.clock import Clock
+from token_service.models import OnShare, OnShareAttempt
+from token_service.records.writer import SqlWriter
+
+__all__ = ["Outbox", "OutboxEntry"]
+
+log = logging.getLogger(__name__)
+
+ON_SHARE = OnShare.__table__  # type: ignore[attr-defined]
+ATTEMPT = OnShareAttempt.__table__  # type: ignore[attr-defined]
+
+# Every outbox key, with its lifetime. One hash tag so the claim script touches a single cluster slot.
+KEY_PREFIX = "opd:{onshare}:"
+DUE_KEY = KEY_PREFIX + "due"  # zset on-share id -> due ms; a member lives until claimed
+WAKE_KEY = KEY_PREFIX + "wake"  # list nudging a blocked worker; trimmed to WAKE_MAX entries
+WAKE_MAX = 64
+# A lease covers one send: longer than two session fetches plus two on-share calls at the client's
+# timeout. After the outcome it becomes a "done" marker that outlives any sweep's stale SQL read.
+LEASE_MS = 20_000
+DONE_MS = 120_000
+
+MAX_IDLE_WAIT_S = 1.0
+SWEEP_INTERVAL_S = 2.0
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 3.0
+
+ONSHARE_RESULTS = PromCounter("opd_onshare_total", "On-shares finished, by result", ["result"])
+ONSHARE_ATTEMPTS = PromCounter(
+    "opd_onshare_attempts_total", "Calls made to the gateway for on-shares", ["ok"]
+)
+
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('SET', ARGV[3] .. id, ARGV[4], 'PX', tonumber(ARGV[5]))
+end
+return ids
+"""
+
+_REQUEUE_ORPHAN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+
+def lease_key(on_share_id: int | str) -> str:
+    return f"{KEY_PREFIX}lease:{on_share_id}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def backoff_s(attempt: int) -> float:
+    """0.25, 0.5, 1, 2, 3, 3 ... seconds, with jitter so a recovering gateway is not hit in lockstep."""
+    base = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * float(2 ** min(max(0, attempt - 1), 16)))
+    return base * random.uniform(0.8, 1.2)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """What `record()` stores: everything needed to build the on-share later, in any worker."""
+
+    hip_id: str
+    request_id: str
+    version: Literal["v3", "v1"]
+    counter: str
+    abha_address: str | None
+    token_id: str | None = None
+    token_number: str | None = None
+    expires_ms: int | None = None
+    error: tuple[str, str] | None = None
+    outcome: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "version": self.version,
+            "request_id": self.request_id,
+            "hip_id": self.hip_id,
+            "counter": self.counter,
+            "abha_address": self.abha_address,
+            "outcome": self.outcome,
+        }
+        if self.error is not None:
+            data["error"] = {"code": self.error[0], "message": self.error[1]}
+        else:
+            data.update(token_id=self.token_id, token_number=self.token_number, expires_ms=self.expires_ms)
+        return data
+
+    @classmethod
+    def from_payload(cls, hip_id: str, data: dict[str, Any]) -> OutboxEntry:
+        error = data.get("error")
+        return cls(
+            hip_id=hip_id,
+            request_id=str(data["request_id"]),
+            version="v1" if data.get("version") == "v1" else "v3",
+            counter=str(data["counter"]),
+            abha_address=data.get("abha_address"),
+            token_id=data.get("token_id"),
+            token_number=data.get("token_number"),
+            expires_ms=data.get("expires_ms"),
+            error=(str(error["code"]), str(error["message"])) if isinstance(error, dict) else None,
+            outcome=str(data.get("outcome") or ""),
+        )
+
+    def share(self) -> ShareRequest:
+        """The slice of the inbound share an on-share echoes (the profile itself stays with the token)."""
+        profile = PatientProfile(
+            abha_number=None, abha_address=self.abha_address, name="", gender=None,
+            year_of_birth=None, month_of_birth=None, day_of_birth=None, phone=None,
+        )  # fmt: skip
+        return ShareRequest(
+            self.version, self.request_id, None, self.hip_id, self.counter, PROFILE_SHARE, profile
+        )
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+class Outbox:
+    """One per worker process. `run()` is its delivery loop; `record()`/`wake()` are called at intake."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        engine: AsyncEngine,
+        writer: SqlWriter,
+        gateway: GatewayClient,
+        clock: Clock,
+        deadline_s: float,
+        *,
+        concurrency: int = 64,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
+    ) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.writer = writer
+        self.gateway = gateway
+        self.clock = clock
+        self.deadline_s = deadline_s
+        self.concurrency = concurrency
+        self.sweep_interval_s = sweep_interval_s
+        self.worker = uuid.uuid4().hex[:12]
+        self._claim = redis.register_script(_CLAIM)
+        self._requeue = redis.register_script(_REQUEUE_ORPHAN)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- intake side ----
+
+    async def record(self, entry: OutboxEntry) -> int:
+        """Store (or re-arm, for a share delivered again) the on-share; returns once committed."""
+        now = datetime.now(UTC)
+        values = {
+            "hip_id": entry.hip_id, "request_id": entry.request_id, "version": entry.version,
+            "token_id": entry.token_id, "payload": entry.payload(), "status": "pending", "attempts": 0,
+            "created_at": now, "deadline_at": now + timedelta(seconds=self.deadline_s),
+        }  # fmt: skip
+        found: list[int] = []
+
+        async def work(conn: AsyncConnection) -> None:
+            stmt = _insert(conn)(ON_SHARE).values(values)
+            # The gateway delivered the same REQUEST-ID again: the patient is waiting again, so the
+            # same row is owed a fresh on-share with a fresh deadline.
+            rearm = {k: stmt.excluded[k] for k in ("payload", "token_id", "deadline_at")}
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["hip_id", "request_id"],
+                set_={**rearm, "status": "pending", "last_error": None, "sent_at": None},
+            ).returning(ON_SHARE.c.id)
+            found.append(int((await conn.execute(stmt)).scalar_one()))
+
+        await self.writer.submit(work)
+        return found[-1]
+
+    async def wake(self, on_share_id: int) -> None:
+        """Make the on-share due now and nudge a worker. Failure is tolerated: the sweep finds it."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(lease_key(on_share_id))
+                pipe.zadd(DUE_KEY, {str(on_share_id): _now_ms()})
+                pipe.lpush(WAKE_KEY, "1")
+                pipe.ltrim(WAKE_KEY, 0, WAKE_MAX - 1)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("on-share %s: wake-up failed (%s); the sweep will deliver it", on_share_id, exc)
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"onshare-outbox-{self.worker}")
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._inflight:
+            # Let sends in flight finish briefly; the rest are put back as due for the next worker.
+            _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run(self) -> None:
+        next_sweep = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + self.sweep_interval_s
+                claimed = await self._claim_due()
+                if claimed and len(self._inflight) < self.concurrency:
+                    continue  # there may be more due right now
+                if len(self._inflight) >= self.concurrency:
+                    await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                await self.redis.blpop([WAKE_KEY], timeout=await self._idle_wait())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("on-share outbox loop: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(0.5)
+
+    async def _idle_wait(self) -> float:
+        first = await self.redis.zrange(DUE_KEY, 0, 0, withscores=True)
+        if not first:
+            return MAX_IDLE_WAIT_S
+        wait = (float(first[0][1]) - _now_ms()) / 1000
+        return min(MAX_IDLE_WAIT_S, max(0.01, wait))
+
+    async def _claim_due(self) -> int:
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
+        ids = await self._claim(
+            keys=[DUE_KEY], args=[_now_ms(), free, KEY_PREFIX + "lease:", self.worker, LEASE_MS]
+        )
+        for raw in ids:
+            task = asyncio.create_task(self._deliver(int(raw)), name=f"onshare-{raw}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(ids)
+
+    # ---- delivery ----
+
+    async def _load(self, on_share_id: int) -> Any:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(ON_SHARE).where(ON_SHARE.c.id == on_share_id))).first()
+
+    async def _deliver(self, on_share_id: int) -> None:
+        try:
+            await self._deliver_once(on_share_id)
+        except asyncio.CancelledError:
+            # Shutting down mid-send: hand it back as due so another worker (or our restart) sends it.
+            with contextlib.suppress(Exception):
+                await self._release(on_share_id, _now_ms())
+            raise
+        except Exception as exc:
+            log.warning("on-share %s: delivery error %s: %s", on_share_id, type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                await self._release(on_share_id, _now_ms() + 1000)
+
+    async def _deliver_once(self, on_share_id: int) -> None:
+        row = await self._load(on_share_id)
+        if row is None or row.status != "pending":
+            await self._mark_done(on_share_id)
+            return
+        remaining = _aware(row.deadline_at).timestamp() - time.time()
+        if remaining <= 0:
+            await self._finish(on_share_id, "failed", "deadline passed before delivery")
+            return
+        entry = OutboxEntry.from_payload(row.hip_id, row.payload)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(remaining):
+                result = await self.gateway.on_share(
+                    entry.share(), entry.token_number, self._expiry(entry), entry.error
+                )
+        except TimeoutError:
+            result = GatewayResult(False, None, False, "deadline reached while the gateway was answering", "")
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        ONSHARE_ATTEMPTS.labels(str(result.ok).lower()).inc()
+        attempts = int(row.attempts) + 1
+        if result.ok:
+            status = "sent"
+        elif result.retryable and time.time() + backoff_s(attempts) < _aware(row.deadline_at).timestamp():
+            status = "pending"
+        else:
+            status = "failed"
+        if status != "pending":
+            # The marker goes down before the SQL commit so no sweep can see "pending" and no lease.
+            await self._mark_done(on_share_id)
+        await self._record_attempt(on_share_id, result, duration_ms, status)
+        if status == "pending":
+            await self._release(on_share_id, _now_ms() + int(backoff_s(attempts) * 1000))
+        else:
+            ONSHARE_RESULTS.labels(status).inc()
+            if status == "failed":
+                log.warning("on-share %s for %s failed: %s", on_share_id, entry.request_id, result.error)
+
+    def _expiry(self, entry: OutboxEntry) -> int:
+        """Seconds of validity left now (not at intake): retries must not overstate it."""
+        if entry.expires_ms is None:
+            return 0
+        return max(0, math.ceil((entry.expires_ms - self.clock.now_ms()) / 1000))
+
+    async def _record_attempt(
+        self, on_share_id: int, result: GatewayResult, duration_ms: int, status: str
+    ) -> None:
+        at = datetime.now(UTC)
+        changes: dict[str, Any] = {"attempts": ON_SHARE.c.attempts + 1, "last_error": _cut(result.error)}
+        if status != "pending":
+            changes["status"] = status
+        if status == "sent":
+            changes["sent_at"] = at
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                ATTEMPT.insert().values(
+                    on_share_id=on_share_id, at=at, outbound_request_id=result.outbound_request_id[:64],
+                    status_code=result.status, ok=result.ok, error=_cut(result.error),
+                    duration_ms=duration_ms,
+                )
+            )  # fmt: skip
+            await conn.execute(
+                update(ON_SHARE)
+                .where(ON_SHARE.c.id == on_share_id, ON_SHARE.c.status == "pending")
+                .values(changes)
+            )
+
+        await self.writer.submit(work)
+
+    async def _finish(self, on_share_id: int, status: str, reason: str) -> None:
+        await self._mark_done(on_share_id)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(ON_SHARE)
+                .where(ON_SHARE.c.id == on_share_id, ON_SHARE.c.status == "pending")
+                .values(status=status, last_error=reason)
+            )
+
+        await self.writer.submit(work)
+        ONSHARE_RESULTS.labels(status).inc()
+        log.warning("on-share %s %s: %s", on_share_id, status, reason)
+
+    async def _mark_done(self, on_share_id: int) -> None:
+        await self.redis.set(lease_key(on_share_id), "done", px=DONE_MS)
+
+    async def _release(self, on_share_id: int, due_ms: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(DUE_KEY, {str(on_share_id): due_ms})
+            pipe.delete(lease_key(on_share_id))
+            await pipe.execute()
+
+    # ---- recovery ----
+
+    async def sweep(self, limit: int = 2000) -> int:
+        """Queue pending rows nobody holds (crash, restart, lost Redis); fail those past the deadline."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(ON_SHARE.c.id, ON_SHARE.c.deadline_at)
+                    .where(ON_SHARE.c.status == "pending")
+                    .order_by(ON_SHARE.c.id)
+                    .limit(limit)
+                )
+            ).all()
+        now = time.time()
+        live = [i for i, deadline_at in rows if _aware(deadline_at).timestamp() > now]
+        for on_share_id in (i for i, deadline_at in rows if _aware(deadline_at).timestamp() <= now):
+            if not await self.redis.exists(lease_key(on_share_id)):
+                await self._finish(on_share_id, "failed", "deadline passed before delivery")
+        queued = 0
+        if live:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for on_share_id in live:
+                    await self._requeue(
+                        keys=[DUE_KEY, lease_key(on_share_id)], args=[on_share_id, _now_ms()], client=pipe
+                    )
+                queued = sum(int(x) for x in await pipe.execute())
+        if queued:
+            log.info("on-share outbox: queued %d pending on-shares found in SQL", queued)
+            await self.redis.lpush(WAKE_KEY, "1")
+        return queued
+
+
+def _aware(stamp: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _cut(text: str | None) -> str | None:
+    return text[:500] if text else text
