@@ -103,6 +103,23 @@ async def build_state(settings: Settings, clock: Clock) -> AppState:
     return AppState(settings, clock, redis, scripts, queue, engine, writer, recorder, directory, tokens, embedded)
 
 
+SHUTDOWN_STEP_S = 5.0
+
+
+async def _bounded(aw: Any, name: str) -> None:
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait([task], timeout=SHUTDOWN_STEP_S)
+    if not done:
+        log.error("shutdown step %s did not finish in %.0f s; going on without it", name, SHUTDOWN_STEP_S)
+        for other in asyncio.all_tasks():
+            if other is not asyncio.current_task():
+                log.error("task %s still running:\n%s", other.get_name(), "".join(
+                    __import__("traceback").format_stack(other.get_stack(limit=6)[-1]) if other.get_stack() else ""))
+        task.cancel()
+    elif task.exception() is not None:
+        log.error("shutdown step %s failed: %r", name, task.exception())
+
+
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -119,15 +136,16 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         try:
             yield
         finally:
-            # Close in reverse order of dependency: producers first, then the stores they write to.
+            # Close in reverse order of dependency: producers first, then the stores they write to. Each
+            # step is bounded so a stuck component can never keep the process from exiting.
             for hook in reversed(app.state.shutdown_hooks):
-                await hook(state)
+                await _bounded(hook(state), getattr(hook, "__qualname__", "hook"))
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
-            await state.recorder.close()
-            await state.writer.close()
-            await state.redis.aclose()
-            await state.engine.dispose()
+            await _bounded(asyncio.gather(sweeper, return_exceptions=True), "sweeper")
+            await _bounded(state.recorder.close(), "recorder")
+            await _bounded(state.writer.close(), "sql writer")
+            await _bounded(state.redis.aclose(), "redis")
+            await _bounded(state.engine.dispose(), "database")
             if state.embedded:
                 state.embedded.stop()
 
@@ -193,7 +211,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
         return JSONResponse(
             error_body(codes.get(exc.status_code, "http_error"), exc.detail),
             status_code=exc.status_code,

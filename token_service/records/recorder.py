@@ -54,10 +54,7 @@ class Recorder:
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._task], timeout=3)
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
