@@ -100,7 +100,9 @@ async def build_state(settings: Settings, clock: Clock) -> AppState:
     directory = Directory(engine, settings.token_validity_seconds)
     recorder = Recorder(redis, writer, directory.hip_ids)
     tokens = TokenService(queue, writer, directory)
-    return AppState(settings, clock, redis, scripts, queue, engine, writer, recorder, directory, tokens, embedded)
+    return AppState(
+        settings, clock, redis, scripts, queue, engine, writer, recorder, directory, tokens, embedded
+    )
 
 
 SHUTDOWN_STEP_S = 5.0
@@ -113,8 +115,15 @@ async def _bounded(aw: Any, name: str) -> None:
         log.error("shutdown step %s did not finish in %.0f s; going on without it", name, SHUTDOWN_STEP_S)
         for other in asyncio.all_tasks():
             if other is not asyncio.current_task():
-                log.error("task %s still running:\n%s", other.get_name(), "".join(
-                    __import__("traceback").format_stack(other.get_stack(limit=6)[-1]) if other.get_stack() else ""))
+                log.error(
+                    "task %s still running:\n%s",
+                    other.get_name(),
+                    "".join(
+                        __import__("traceback").format_stack(other.get_stack(limit=6)[-1])
+                        if other.get_stack()
+                        else ""
+                    ),
+                )
         task.cancel()
     elif task.exception() is not None:
         log.error("shutdown step %s failed: %r", name, task.exception())
@@ -211,7 +220,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        codes = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            403: "forbidden",
+        }
         return JSONResponse(
             error_body(codes.get(exc.status_code, "http_error"), exc.detail),
             status_code=exc.status_code,
@@ -225,7 +240,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        from sqlalchemy.exc import OperationalError, InterfaceError
+        from sqlalchemy.exc import InterfaceError, OperationalError
 
         if isinstance(exc, OperationalError | InterfaceError | ConnectionError | OSError):
             return JSONResponse(error_body("unavailable", "database unavailable, retry shortly"), 503)

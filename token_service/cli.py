@@ -21,7 +21,9 @@ from token_service.config import Settings
 from token_service.models import Counter, Desk, Device, Facility, User
 
 app = typer.Typer(
-    help="OPD token queue for ABDM Scan & Share.", no_args_is_help=True, add_completion=False,
+    help="OPD token queue for ABDM Scan & Share.",
+    no_args_is_help=True,
+    add_completion=False,
     pretty_exceptions_enable=False,
 )
 facility_app = typer.Typer(help="Facilities (hospitals, by HFR id).", no_args_is_help=True)
@@ -77,7 +79,9 @@ def facility_add(
     hip_id: Annotated[str, typer.Option("--hip-id", help="HFR facility id (= ABDM HIP id)")],
     name: Annotated[str, typer.Option("--name", help="Name in English")],
     timezone: Annotated[str, typer.Option("--timezone")] = "Asia/Kolkata",
-    name_local: Annotated[list[str] | None, typer.Option("--name-local", help="LANG=NAME, repeatable")] = None,
+    name_local: Annotated[
+        list[str] | None, typer.Option("--name-local", help="LANG=NAME, repeatable")
+    ] = None,
     languages: Annotated[str, typer.Option("--languages", help="call-out/slip languages in order")] = "hi,en",
 ) -> None:
     """Add a facility."""
@@ -91,7 +95,11 @@ def facility_add(
     with session() as db:
         if db.get(Facility, hip_id) is not None:
             raise fail(f"facility {hip_id} already exists")
-        db.add(Facility(hip_id=hip_id, name=name, names=_names(name_local, name), timezone=timezone, languages=langs))
+        db.add(
+            Facility(
+                hip_id=hip_id, name=name, names=_names(name_local, name), timezone=timezone, languages=langs
+            )
+        )
         db.commit()
     typer.echo(f"facility {hip_id} added ({name}, {timezone})")
 
@@ -101,10 +109,14 @@ def counter_add(
     hip_id: Annotated[str, typer.Option("--hip-id")],
     code: Annotated[str, typer.Option("--code", help="ABDM counter code: 1-20 letters/digits")],
     name: Annotated[str, typer.Option("--name")],
-    desk: Annotated[list[str] | None, typer.Option("--desk", help="desk(s) serving it; default: one desk named CODE")] = None,
+    desk: Annotated[
+        list[str] | None, typer.Option("--desk", help="desk(s) serving it; default: one desk named CODE")
+    ] = None,
     prefix: Annotated[str, typer.Option("--prefix", help="token label prefix, e.g. A → A17")] = "",
     department: Annotated[str, typer.Option("--department")] = "",
-    name_local: Annotated[list[str] | None, typer.Option("--name-local", help="LANG=NAME, repeatable")] = None,
+    name_local: Annotated[
+        list[str] | None, typer.Option("--name-local", help="LANG=NAME, repeatable")
+    ] = None,
 ) -> None:
     """Add a counter (and its desks)."""
     if not CODE_RE.match(code):
@@ -160,9 +172,13 @@ def counter_qr(
 def user_add(
     username: Annotated[str, typer.Option("--username")],
     role: Annotated[str, typer.Option("--role", help="admin or clerk")],
-    counter: Annotated[list[str] | None, typer.Option("--counter", help="counters a clerk serves (default: all)")] = None,
+    counter: Annotated[
+        list[str] | None, typer.Option("--counter", help="counters a clerk serves (default: all)")
+    ] = None,
     hip_id: Annotated[str | None, typer.Option("--hip-id", help="facility (default: the only one)")] = None,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
 ) -> None:
     """Add a staff user."""
     if role not in ROLES:

@@ -96,7 +96,7 @@ class EmbeddedRedis:
             "--save", "", "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str((self.data_dir / "redis.log").resolve()),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed arguments
+        self.proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -1,15 +1,15 @@
 """One error tree, rendered by one handler as ``{"error": <stable code>, "detail": <human text>}``.
 
-    OpdError                     500 internal (never raised on purpose)
-    ├── BadRequest               400 bad_request
-    │   └── Unprocessable        422 invalid_body
-    ├── Unauthorized             401 unauthorized
-    ├── Forbidden                403 forbidden
-    ├── NotFound                 404 not_found
-    ├── Conflict                 409 conflict
-    ├── PayloadTooLarge          413 payload_too_large
-    ├── TooManyRequests          429 rate_limited
-    └── Unavailable              503 unavailable   (Redis or SQL down: retry later)
+OpdError                     500 internal (never raised on purpose)
+├── BadRequest               400 bad_request
+│   └── Unprocessable        422 invalid_body
+├── Unauthorized             401 unauthorized
+├── Forbidden                403 forbidden
+├── NotFound                 404 not_found
+├── Conflict                 409 conflict
+├── PayloadTooLarge          413 payload_too_large
+├── TooManyRequests          429 rate_limited
+└── Unavailable              503 unavailable   (Redis or SQL down: retry later)
 """
 
 from __future__ import annotations

@@ -108,7 +108,12 @@ class TokenService:
         return counters
 
     async def call_next(
-        self, hip_id: str, desk_code: str, actor: str, allowed: list[str] | None, only: list[str] | None = None
+        self,
+        hip_id: str,
+        desk_code: str,
+        actor: str,
+        allowed: list[str] | None,
+        only: list[str] | None = None,
     ) -> CallResult:
         cfg = await self.directory.get(hip_id)
         counters = self._check_desk(cfg, desk_code, allowed)
@@ -116,7 +121,9 @@ class TokenService:
             counters = [c for c in counters if c in only]
         if not counters:
             return CallResult(None, None)
-        result = await _guard("call_next", lambda: self.queue.call_next(hip_id, desk_code, counters, cfg.rules))
+        result = await _guard(
+            "call_next", lambda: self.queue.call_next(hip_id, desk_code, counters, cfg.rules)
+        )
         changed = [t for t in (result.completed, result.called) if t is not None]
         if result.called:
             CALLED.labels(hip_id, result.called.counter).inc()

@@ -40,11 +40,11 @@ async def _load(state: AppState, credential: str) -> Principal | None:
     principal: Principal | None = None
     async with state.engine.connect() as conn:
         if credential.startswith("dev_"):
-            row = (
+            drow = (
                 await conn.execute(select(Device).where(Device.token_hash == hash_device_token(credential)))  # type: ignore[arg-type]
             ).first()
-            if row is not None and row.active:
-                principal = Principal("device", row.name, row.kind, row.hip_id, device_id=row.id)
+            if drow is not None and drow.active:
+                principal = Principal("device", drow.name, drow.kind, drow.hip_id, device_id=drow.id)
         else:
             user_id = read_session(state.settings.secret_key, credential)
             row = (await conn.execute(select(User).where(User.id == user_id))).first()  # type: ignore[arg-type]

@@ -50,7 +50,9 @@ async def issue_walk_in(
     return TokenOut.of(result.token, outcome=result.outcome, patient=patient)
 
 
-async def _call(hip_id: str, desk: str, principal: StaffDep, state: StateDep, only: list[str] | None) -> TokenOut | Response:
+async def _call(
+    hip_id: str, desk: str, principal: StaffDep, state: StateDep, only: list[str] | None
+) -> TokenOut | Response:
     (await state.directory.get(hip_id)).desk(desk)
     principal.require_facility(hip_id)
     result = await state.tokens.call_next(hip_id, desk, principal.name, principal.allowed_counters(), only)
@@ -59,7 +61,9 @@ async def _call(hip_id: str, desk: str, principal: StaffDep, state: StateDep, on
     return TokenOut.of(result.called)
 
 
-@router.post("/counters/{code}/call-next", response_model=TokenOut, responses={204: {"description": "nobody waits"}})
+@router.post(
+    "/counters/{code}/call-next", response_model=TokenOut, responses={204: {"description": "nobody waits"}}
+)
 async def call_next_counter(
     hip_id: HipId, code: Code, principal: StaffDep, state: StateDep, body: CallNextIn | None = None
 ) -> TokenOut | Response:
@@ -79,11 +83,17 @@ def _default_desk(cfg: object, code: str) -> str:
     for desk in cfg.desks.values():
         if code in desk.counters:
             return desk.code
-    raise Unprocessable(f"counter {code} has no desk; name one in the body as {{\"desk\": ...}}", code="no_desk")
+    raise Unprocessable(
+        f'counter {code} has no desk; name one in the body as {{"desk": ...}}', code="no_desk"
+    )
 
 
-@router.post("/desks/{desk}/call-next", response_model=TokenOut, responses={204: {"description": "nobody waits"}})
-async def call_next_desk(hip_id: HipId, desk: Code, principal: StaffDep, state: StateDep) -> TokenOut | Response:
+@router.post(
+    "/desks/{desk}/call-next", response_model=TokenOut, responses={204: {"description": "nobody waits"}}
+)
+async def call_next_desk(
+    hip_id: HipId, desk: Code, principal: StaffDep, state: StateDep
+) -> TokenOut | Response:
     return await _call(hip_id, desk, principal, state, None)
 
 

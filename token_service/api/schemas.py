@@ -75,9 +75,9 @@ class TokenOut(BaseModel):
             origin_counter=t.origin_counter, status=t.status.value, priority=t.priority.value,
             source=t.source.value, desk=t.desk, skips=t.skips, recalls=t.recalls,
             local_date=f"{t.local_date[:4]}-{t.local_date[4:6]}-{t.local_date[6:]}",
-            issued_at=from_ms(t.issued_ms),  # type: ignore[arg-type]
+            issued_at=from_ms(t.issued_ms),
             called_at=from_ms(t.called_ms), served_at=from_ms(t.served_ms),
-            finished_at=from_ms(t.finished_ms), expires_at=from_ms(t.expires_ms),  # type: ignore[arg-type]
+            finished_at=from_ms(t.finished_ms), expires_at=from_ms(t.expires_ms),
             version=t.version, outcome=outcome, patient=patient,
         )  # fmt: skip
 

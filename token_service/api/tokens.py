@@ -44,12 +44,16 @@ async def _act(action: str, token_id: str, body: ActionIn | None, principal: Pri
 
 
 @router.post("/{token_id}/recall", response_model=TokenOut)
-async def recall(token_id: TokenId, principal: StaffDep, state: StateDep, body: ActionIn | None = None) -> TokenOut:
+async def recall(
+    token_id: TokenId, principal: StaffDep, state: StateDep, body: ActionIn | None = None
+) -> TokenOut:
     return await _act("recall", token_id, body, principal, state)
 
 
 @router.post("/{token_id}/skip", response_model=TokenOut)
-async def skip(token_id: TokenId, principal: StaffDep, state: StateDep, body: SkipIn | None = None) -> TokenOut:
+async def skip(
+    token_id: TokenId, principal: StaffDep, state: StateDep, body: SkipIn | None = None
+) -> TokenOut:
     places = body.places if body and body.places else None
     if places is None:
         token = await _load(token_id, principal, state)
@@ -58,12 +62,16 @@ async def skip(token_id: TokenId, principal: StaffDep, state: StateDep, body: Sk
 
 
 @router.post("/{token_id}/complete", response_model=TokenOut)
-async def complete(token_id: TokenId, principal: StaffDep, state: StateDep, body: ActionIn | None = None) -> TokenOut:
+async def complete(
+    token_id: TokenId, principal: StaffDep, state: StateDep, body: ActionIn | None = None
+) -> TokenOut:
     return await _act("complete", token_id, body, principal, state)
 
 
 @router.post("/{token_id}/cancel", response_model=TokenOut)
-async def cancel(token_id: TokenId, principal: StaffDep, state: StateDep, body: ActionIn | None = None) -> TokenOut:
+async def cancel(
+    token_id: TokenId, principal: StaffDep, state: StateDep, body: ActionIn | None = None
+) -> TokenOut:
     return await _act("cancel", token_id, body, principal, state)
 
 

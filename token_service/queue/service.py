@@ -212,12 +212,15 @@ class TokenQueue:
     async def restore(self, token: Token) -> None:
         import orjson
 
-        await self.scripts.run("restore", token.hip_id, self.clock.now_ms(), orjson.dumps(token.to_fields()))
+        payload = orjson.dumps(token.to_fields()).decode()
+        await self.scripts.run("restore", token.hip_id, self.clock.now_ms(), payload)
 
     # ---- reads (no script needed: each is a consistent single command or a pipeline of them)
 
     async def get(self, token_id: str) -> Token:
-        fields = await self.redis.hgetall(keys.token_key(keys.hip_of_token_id(token_id), token_id))
+        fields: dict[str, str] = await self.redis.hgetall(
+            keys.token_key(keys.hip_of_token_id(token_id), token_id)
+        )  # type: ignore[assignment]
         if not fields:
             raise NotFound(f"token {token_id} not found")
         return Token.from_fields(fields)
@@ -241,7 +244,7 @@ class TokenQueue:
         return await self.get_many(hip_id, [*prio, *normal])
 
     async def called(self, hip_id: str, counter: str) -> list[Token]:
-        ids = await self.redis.zrange(keys.called_zset(hip_id, counter), 0, -1)
+        ids: list[str] = await self.redis.zrange(keys.called_zset(hip_id, counter), 0, -1)  # type: ignore[assignment]
         return await self.get_many(hip_id, ids)
 
     async def waiting_counts(self, hip_id: str, counters: Sequence[str]) -> dict[str, int]:
@@ -253,7 +256,7 @@ class TokenQueue:
         return {c: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, c in enumerate(counters)}
 
     async def desk_current(self, hip_id: str, desk: str) -> str | None:
-        cur = await self.redis.hget(keys.desk_key(hip_id, desk), "cur")
+        cur: str | None = await self.redis.hget(keys.desk_key(hip_id, desk), "cur")  # type: ignore[assignment]
         return cur or None
 
     async def position(self, token: Token) -> int | None:
@@ -261,9 +264,10 @@ class TokenQueue:
         if token.status is not Status.WAITING:
             return None
         lane = "n" if token.priority is Priority.NORMAL else "p"
-        rank = await self.redis.zrank(keys.lane_key(token.hip_id, token.counter, lane), token.id)
+        rank: int | None = await self.redis.zrank(keys.lane_key(token.hip_id, token.counter, lane), token.id)  # type: ignore[assignment]
         if rank is None:
             return None
         if lane == "n":
-            rank += await self.redis.zcard(keys.lane_key(token.hip_id, token.counter, "p"))
+            ahead: int = await self.redis.zcard(keys.lane_key(token.hip_id, token.counter, "p"))
+            rank += ahead
         return int(rank)

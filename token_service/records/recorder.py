@@ -80,12 +80,12 @@ class Recorder:
         await self._ensure_group(stream)
         entries: list[tuple[str, dict[str, Any]]] = []
         if claim:
-            _, claimed, *_ = await self.redis.xautoclaim(
-                stream, GROUP, self.consumer, min_idle_time=0 if claim is True else CLAIM_IDLE_MS, count=BATCH
+            answer: Any = await self.redis.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=0, count=BATCH
             )
-            entries.extend(claimed)
+            entries.extend(answer[1])
         if not entries:
-            got = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=BATCH)
+            got: Any = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=BATCH)
             for _, items in got or []:
                 entries.extend(items)
         if not entries:
@@ -138,9 +138,10 @@ class Recorder:
         stream = keys.events_stream(hip_id)
         await self._ensure_group(stream)
         if claim_old:
-            _, claimed, *_ = await self.redis.xautoclaim(
+            answer: Any = await self.redis.xautoclaim(
                 stream, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, count=BATCH
             )
+            claimed = answer[1]
             if claimed:
                 await self._record(hip_id, stream, claimed)
         return await self._once(hip_id, claim=False)

@@ -159,6 +159,8 @@ async def patients_for(conn: AsyncConnection, token_ids: Sequence[str]) -> dict[
     if not token_ids:
         return {}
     rows = await conn.execute(
-        select(TOKEN.c.id, TOKEN.c.patient).where(and_(TOKEN.c.id.in_(list(token_ids)), TOKEN.c.patient.isnot(None)))
+        select(TOKEN.c.id, TOKEN.c.patient).where(
+            and_(TOKEN.c.id.in_(list(token_ids)), TOKEN.c.patient.isnot(None))
+        )
     )
     return {r.id: r.patient for r in rows if r.patient}

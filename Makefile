@@ -1,0 +1,30 @@
+# One place for the project's commands; CI (.ci/run) calls the same targets.
+PY ?= .venv/bin/python
+
+.PHONY: install test test-fast lint typecheck check bench-smoke bench serve demo
+
+install:            ## virtualenv with the service and its test tools
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,embedded]"
+
+test:               ## the whole suite: unit, integration (real redis-server, SQLite, PostgreSQL if reachable), browser
+	$(PY) -m pytest -q
+
+test-fast:          ## everything except browser tests
+	$(PY) -m pytest -q -m "not browser"
+
+lint:
+	$(PY) -m ruff check token_service kiosk_ui printer
+	$(PY) -m ruff format --check token_service kiosk_ui printer
+
+typecheck:
+	$(PY) -m mypy token_service kiosk_ui printer
+
+check: lint typecheck
+
+serve:
+	.venv/bin/opd-token serve
+
+demo:
+	.venv/bin/opd-token demo
