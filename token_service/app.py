@@ -186,6 +186,7 @@ EXTENSIONS = (
     "kiosk_ui.routes",
     "kiosk_ui.admin_routes",
     "kiosk_ui.kiosk_routes",
+    "token_service.security",
 )
 
 

@@ -329,7 +329,7 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
 
 def _register_extensions() -> None:
     """Command groups that live beside their feature (`opd-token sandbox`, `demo`, ...)."""
-    for name in ("token_service.cli_abdm", "token_service.cli_print"):
+    for name in ("token_service.cli_abdm", "token_service.cli_print", "token_service.cli_security"):
         try:
             module = __import__(name, fromlist=["register"])
         except ModuleNotFoundError as exc:
