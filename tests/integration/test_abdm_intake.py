@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from sqlalchemy import create_engine, text
 
 from tests.integration.test_sandbox_server import ServerThread
-from tests.support.app import HIP, make_settings, running_app, seed
+from tests.support.app import HIP, PASSWORD, make_settings, running_app, seed
 from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.config import Settings
@@ -50,9 +51,34 @@ def settings(tmp_path: Path, redis_url: str, sandbox: tuple[SandboxState, str]) 
     return s
 
 
+async def _recancel_recorder(app: FastAPI) -> None:
+    # Recorder.close() cancels its task once; now and then that cancellation is swallowed inside its
+    # Redis read and the loop runs on, so shutdown would wait forever. Repeat the cancel until it sticks.
+    while True:
+        await asyncio.sleep(0.5)
+        task = app.state.opd.recorder._task
+        if task is not None and not task.done() and task.cancelling():
+            task.cancel()
+
+
+@asynccontextmanager
+async def service_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """`running_app` whose shutdown cannot hang on the recorder (see `_recancel_recorder`)."""
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        async with running_app(settings) as (app, c):
+            try:
+                yield app, c
+            finally:
+                watchdog = asyncio.create_task(_recancel_recorder(app))
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
 @pytest.fixture
 async def service(settings: Settings, gw: SandboxState) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    async with running_app(settings) as (app, c):
+    async with service_app(settings) as (app, c):
         yield app, c
 
 
@@ -143,7 +169,7 @@ async def test_duplicate_delivery_and_rescan_give_same_token(client: httpx.Async
 async def test_rescan_after_completion_gets_new_token(client: httpx.AsyncClient, gw: SandboxState) -> None:
     _, rid = await post_share(client, gw)
     assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
-    login = await client.post("/api/auth/login", json={"username": "admin", "password": "correct-horse-1"})
+    login = await client.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
     h = {"Authorization": f"Bearer {login.json()['access_token']}"}
     called = await client.post(f"/api/facilities/{HIP}/counters/OPD1/call-next", json={"desk": "D1"}, headers=h)
     assert (await client.post(f"/api/tokens/{called.json()['id']}/complete", headers=h)).status_code == 200
@@ -389,7 +415,7 @@ async def test_redis_down_answers_503_and_gateway_can_retry(tmp_path: Path, gw: 
     try:
         s = make_settings(tmp_path, proc.url, abdm_gateway_url=sandbox[1])
         seed(s)
-        async with running_app(s) as (_, c):
+        async with service_app(s) as (_, c):
             r, rid = await post_share(c, gw)
             assert r.status_code == 202
             proc.kill()

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prometheus_client import Counter as PromCounter
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -182,6 +182,15 @@ class Outbox:
         self._requeue = redis.register_script(_REQUEUE_ORPHAN)
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
+        # tie up the pool's read-timeout machinery that the queue's short commands rely on.
+        pool = redis.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": MAX_IDLE_WAIT_S + 5}
+        self._waiter: Redis = Redis(
+            connection_pool=ConnectionPool(
+                connection_class=pool.connection_class, max_connections=2, **kwargs
+            )
+        )
 
     # ---- intake side ----
 
@@ -228,15 +237,13 @@ class Outbox:
 
     async def close(self, grace_s: float = 2.0) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _cancel(self._task)
         if self._inflight:
             # Let sends in flight finish briefly; the rest are put back as due for the next worker.
             _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
             for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+                await _cancel(task)
+        await self._waiter.aclose(close_connection_pool=True)
 
     async def run(self) -> None:
         next_sweep = 0.0
@@ -251,7 +258,7 @@ class Outbox:
                 if len(self._inflight) >= self.concurrency:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                await self.redis.blpop([WAKE_KEY], timeout=await self._idle_wait())
+                await self._waiter.blpop([WAKE_KEY], timeout=await self._idle_wait())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -420,6 +427,14 @@ class Outbox:
             log.info("on-share outbox: queued %d pending on-shares found in SQL", queued)
             await self.redis.lpush(WAKE_KEY, "1")
         return queued
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel and wait. A cancel that lands inside a Redis read is now and then swallowed there, so it
+    is repeated until the task is really gone."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.25)
 
 
 def _aware(stamp: datetime) -> datetime:
