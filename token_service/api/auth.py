@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
 from token_service.api.deps import SESSION_COOKIE, PrincipalDep, StateDep
@@ -12,17 +12,50 @@ from token_service.api.schemas import LoginIn
 from token_service.auth import issue_session, verify_password
 from token_service.errors import Unauthorized
 from token_service.models import User
+from token_service.ratelimit import (
+    LoginThrottle,
+    RateLimited,
+    current_client_ip,
+    limiter_of,
+    rate_limited_response,
+)
+from token_service.state import AppState
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
+_LOGIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "wrong username or password"},
+    429: {"description": "too many failed logins for this user or address; see Retry-After"},
+    503: {"description": "the queue store (which counts failed logins) is down"},
+}
 
-@router.post("/login")
-async def login(body: LoginIn, response: Response, state: StateDep) -> dict[str, Any]:
+
+@router.post("/login", responses=_LOGIN_RESPONSES)
+async def login_route(body: LoginIn, request: Request, response: Response, state: StateDep) -> Any:
+    try:
+        return await login(body, response, state, client_ip=request.client.host if request.client else None)
+    except RateLimited as exc:
+        return rate_limited_response(exc)
+
+
+async def login(
+    body: LoginIn, response: Response, state: AppState, client_ip: str | None = None
+) -> dict[str, Any]:
+    """Check the password (after the lockouts), then issue a fresh session token and cookie.
+
+    Every successful login mints a new token and overwrites whatever ``opd_session`` the browser
+    presented, so a cookie planted before login is never the one the user ends up logged in with.
+    """
+    client_ip = client_ip or current_client_ip.get()
+    throttle = LoginThrottle(limiter_of(state))
+    await throttle.check(body.username, client_ip)
     async with state.engine.connect() as conn:
         row = (await conn.execute(select(User).where(User.username == body.username))).first()  # type: ignore[arg-type]
     ok = verify_password(row.password_hash if row else None, body.password)
     if row is None or not ok or not row.active:
+        await throttle.failed(body.username, client_ip)
         raise Unauthorized("wrong username or password", code="invalid_credentials")
+    await throttle.succeeded(body.username, client_ip)
     ttl = state.settings.session_ttl_seconds
     token = issue_session(state.settings.secret_key, row.id, row.username, ttl)
     response.set_cookie(SESSION_COOKIE, token, max_age=ttl, httponly=True, samesite="strict", path="/")
