@@ -30,6 +30,18 @@ def redis_url(redis_proc: RedisProc) -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """'' for SQLite in the data dir, or a fresh PostgreSQL database (skipped when none is reachable)."""
+    from tests.support.pg import fresh_database
+    from tests.support.servers import postgres_url
+
+    if request.param == "postgres" and postgres_url() is None:
+        pytest.skip("no PostgreSQL reachable (set OPD_TEST_POSTGRES_URL)")
+    with fresh_database(request.param) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

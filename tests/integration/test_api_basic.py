@@ -16,8 +16,8 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
-async def test_walk_in_call_next_and_actions(tmp_path: Path, redis_url: str) -> None:
-    settings = make_settings(tmp_path, redis_url)
+async def test_walk_in_call_next_and_actions(tmp_path: Path, redis_url: str, database_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url)
     s = seed(settings)
     async with running_app(settings) as (_, client):
         h = await login(client, "clerk")

@@ -24,8 +24,8 @@ async def _issue(client, h, counter: str = "OPD1") -> dict:  # type: ignore[no-u
     return r.json()
 
 
-async def test_rollover_at_local_midnight_not_utc(tmp_path: Path, redis_url: str) -> None:
-    settings = make_settings(tmp_path, redis_url)
+async def test_rollover_at_local_midnight_not_utc(tmp_path: Path, redis_url: str, database_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url)
     seed(settings, validity_seconds=6 * 3600)
     clock = FakeClock(ms(2026, 11, 22, 5, 0))  # 05:00 IST = 23:30 UTC the day before
     async with running_app(settings, clock) as (_, client):
@@ -50,8 +50,8 @@ async def test_rollover_at_local_midnight_not_utc(tmp_path: Path, redis_url: str
         assert [t["id"] for t in q["waiting"]] == [fresh["id"]]
 
 
-async def test_never_called_tokens_expire_after_validity(tmp_path: Path, redis_url: str) -> None:
-    settings = make_settings(tmp_path, redis_url)
+async def test_never_called_tokens_expire_after_validity(tmp_path: Path, redis_url: str, database_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url)
     seed(settings, validity_seconds=1800)
     clock = FakeClock(ms(2026, 11, 22, 10, 0))
     async with running_app(settings, clock) as (_, client):
