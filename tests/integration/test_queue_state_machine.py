@@ -4,6 +4,7 @@ must agree on every field of every token, every lane, desk and expiry entry afte
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -32,7 +33,7 @@ RULES = FacilityRules(timezone="Asia/Kolkata", validity_s=1800, priority_ratio=2
 START_MS = int(datetime(2026, 11, 22, 22, 30, tzinfo=ZoneInfo("Asia/Kolkata")).timestamp() * 1000)
 PRIORITIES = [p.value for p in Priority]
 STEPS = 60
-EXAMPLES = 40  # 40 × 60 = 2,400 steps
+EXAMPLES = 80  # 80 × 60 = 4,800 steps
 STATS: Counter[str] = Counter()
 
 
@@ -188,7 +189,9 @@ def test_queue_matches_reference_model(redis_url: str) -> None:
     machine = make_machine(redis_url)
     machine.TestCase.settings = settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-        suppress_health_check=list(HealthCheck), derandomize=False,
+        suppress_health_check=list(HealthCheck),
+        # Reproducible in CI; set OPD_EXPLORE=1 to let hypothesis pick fresh random runs.
+        derandomize=not os.environ.get("OPD_EXPLORE"),
     )  # fmt: skip
     STATS.clear()
     machine.TestCase().runTest()
