@@ -93,7 +93,7 @@ async def test_login_lockout_per_address_and_unknown_users(tmp_path: Path, redis
         assert keys and all(b"guess" not in k and b"127.0.0.1" not in k for k in keys)  # subjects are hashed
 
 
-async def test_lockout_is_shared_by_all_workers(tmp_path: Path, redis_url: str) -> None:
+def test_lockout_is_shared_by_all_workers(tmp_path: Path, redis_url: str) -> None:
     settings = make_settings(tmp_path, redis_url)
     seed(settings)
     service = ServiceProc(settings, workers=2).start()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -51,7 +53,8 @@ async def test_login_replaces_any_presented_session(tmp_path: Path, redis_url: s
         assert (
             await client.get("/api/auth/me", headers={"Authorization": f"Bearer {forged}"})
         ).status_code == 401
-        unsigned = jwt.encode({"sub": "1", "typ": "session", "exp": 4_102_444_800}, None, algorithm="none")
+        claims = forged.split(".")[1]
+        unsigned = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{claims}."  # "alg: none" must not pass either
         assert (
             await client.get("/api/auth/me", headers={"Authorization": f"Bearer {unsigned}"})
         ).status_code == 401
@@ -107,6 +110,14 @@ async def test_csrf_not_skipped_by_a_non_bearer_authorization_header(tmp_path: P
         assert r.status_code in (401, 403), r.text
 
 
+def _b64(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def _database_bytes(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data_dir.glob("opd.sqlite3*"))
+
+
 async def test_secrets_are_stored_hashed(tmp_path: Path, redis_url: str) -> None:
     settings = make_settings(tmp_path, redis_url)
     s = seed(settings)
@@ -134,7 +145,7 @@ async def test_secrets_are_stored_hashed(tmp_path: Path, redis_url: str) -> None
             assert d.token_hash == hashlib.sha256(tokens[d.name].encode()).hexdigest()
     engine.dispose()
     # No plaintext secret anywhere in the database file (WAL included), whatever table it might hide in.
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("opd.sqlite3*"))
+    raw = _database_bytes(tmp_path)
     for secret in (*tokens.values(), PASSWORD, "a-long-passphrase-42"):
         assert secret.encode() not in raw
 
