@@ -55,13 +55,21 @@ async def purge(
     where = and_(TOKEN.c.issued_at < cutoff, personal)
     if hip_id is not None:
         where = and_(where, TOKEN.c.hip_id == hip_id)
+    sqlite = engine.dialect.name == "sqlite"
     async with engine.begin() as conn:
+        if sqlite:
+            # Zero the freed bytes: otherwise the old snapshot stays readable in the file's free space.
+            await conn.exec_driver_sql("PRAGMA secure_delete=ON")
         # null(): a JSON column would otherwise store the JSON text 'null' instead of SQL NULL.
         cleared = await conn.execute(
             update(TOKEN).where(where).values(patient=null(), abha_address=None, request_id=None)
         )
         tokens = int(cleared.rowcount or 0)
     on_shares = await _purge_on_shares(engine, cutoff, hip_id)
+    if sqlite:
+        # Old page versions live on in the write-ahead log until a checkpoint copies and truncates it.
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     log.info("retention: cleared %d tokens and %d on-share records before %s", tokens, on_shares, cutoff)
     return PurgeResult(cutoff, tokens, on_shares)
 
@@ -75,6 +83,8 @@ async def _purge_on_shares(engine: AsyncEngine, cutoff: datetime, hip_id: str | 
     last_id = 0
     while True:
         async with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
             rows = (
                 await conn.execute(
                     select(ON_SHARE.c.id, ON_SHARE.c.payload)
