@@ -1,0 +1,147 @@
+"""Load from Python: a raw keep-alive HTTP/1.1 client on asyncio streams, closed- and open-loop drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class HttpConn:
+    """One keep-alive connection; requests are pre-encoded bytes so the timed loop only moves bytes."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length) if length else b""
+        if b"connection: close" in head.lower():
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.writer = None
+
+
+def encode(method: str, url: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    parts = urlsplit(url)
+    lines = [f"{method} {parts.path}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+             f"Host: {parts.netloc}"]  # fmt: skip
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@dataclass
+class LoadResult:
+    """Per request: index, wall-clock send time (intended time in open loop), latency s, HTTP status."""
+
+    sent_at: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    status: list[int] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.status)
+
+    def ok_count(self, expect: int) -> int:
+        return sum(1 for s in self.status if s == expect)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.elapsed_s if self.elapsed_s else 0.0
+
+
+async def drive(
+    url: str, requests: list[bytes], *, concurrency: int, duration_s: float, rate: float | None = None
+) -> LoadResult:
+    """Send `requests` in order for at most `duration_s`: as fast as `concurrency` connections allow
+    (closed loop), or at `rate` per second (open loop, latency counted from the intended send time so a
+    stalled server cannot hide its queue)."""
+    result = LoadResult()
+    counter = itertools.count()
+    wall0, mono0 = time.time(), time.perf_counter()
+    deadline = mono0 + duration_s
+
+    async def worker() -> None:
+        conn = HttpConn(url)
+        try:
+            while True:
+                i = next(counter)
+                if i >= len(requests):
+                    return
+                if rate is not None:
+                    intended = mono0 + i / rate
+                    if intended >= deadline:
+                        return
+                    delay = intended - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                else:
+                    intended = time.perf_counter()
+                    if intended >= deadline:
+                        return
+                try:
+                    status, _ = await conn.send(requests[i])
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    status = 599
+                    await conn.close()
+                done = time.perf_counter()
+                result.index.append(i)
+                result.sent_at.append(wall0 + (intended - mono0))
+                result.latency_s.append(done - intended)
+                result.status.append(status)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - mono0
+    return result
+
+
+async def single_connection_latency(url: str, n: int, max_s: float = 10.0) -> list[float]:
+    """Sequential keep-alive GETs on one connection: the path where delayed ACKs would add ~40 ms."""
+    conn = HttpConn(url)
+    request = encode("GET", url, {})
+    out: list[float] = []
+    try:
+        for _ in range(min(20, n)):
+            await conn.send(request)  # warm the connection
+        stop = time.perf_counter() + max_s
+        for _ in range(n):
+            if time.perf_counter() > stop:
+                break
+            t = time.perf_counter()
+            await conn.send(request)
+            out.append(time.perf_counter() - t)
+    finally:
+        await conn.close()
+    return out

@@ -1,0 +1,54 @@
+"""Where a worker's CPU goes on the share path: py-spy's collapsed stacks folded into layers and hot spots."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+# An app-level layer is counted when any frame of a sample's stack matches; a sample can count for more
+# than one (JWT verify runs inside the route), so the column does not add up to 100 %.
+LAYERS: tuple[tuple[str, str], ...] = (
+    ("share route (_share), all of it", r"api/abdm\.py"),
+    ("JWT verify (RS256)", r"abdm/jwt_verify\.py"),
+    ("share parse + validation", r"abdm/schemas\.py|abdm/profile\.py"),
+    ("token issue (TokenService.issue: Lua call + SQL write-through)", r"token_service/operations\.py"),
+    ("outbox.record (SQL insert, awaited before the 202)", r"record \(token_service/abdm/outbox\.py"),
+    ("outbox delivery (on-share POST to the gateway)", r"_deliver\w* \(token_service/abdm/outbox\.py"),
+    ("gateway HTTP client (httpx)", r"httpx/|httpcore/"),
+    ("SQL writer (group commit)", r"records/writer\.py"),
+    ("recorder (event stream → SQL)", r"records/recorder\.py"),
+    ("live hub (pub/sub fan-out, snapshots)", r"api/live\.py"),
+    ("SQLAlchemy + psycopg", r"sqlalchemy/|psycopg/"),
+    ("redis-py client", r"/redis/"),
+    ("uvicorn HTTP protocol", r"uvicorn/"),
+    ("Starlette/FastAPI routing and middleware", r"starlette/|fastapi/"),
+    ("prometheus metrics", r"prometheus_client/"),
+    ("JSON (orjson/json)", r"json/|orjson"),
+)
+
+_LINE = re.compile(r"^(.*) (\d+)$")
+
+
+def fold(path: Path) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """(samples, [(layer, % of samples)], [(leaf function, % self time)] top 15)."""
+    total = 0
+    layers: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    compiled = [(name, re.compile(rx)) for name, rx in LAYERS]
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LINE.match(line.strip())
+        if not m:
+            continue
+        stack, count = m.group(1), int(m.group(2))
+        total += count
+        for name, rx in compiled:
+            if rx.search(stack):
+                layers[name] += count
+        leaf = stack.rsplit(";", 1)[-1]
+        leaves[re.sub(r":\d+\)$", ")", leaf)] += count
+    if not total:
+        return 0, [], []
+    layer_pct = [(name, round(100 * layers[name] / total, 1)) for name, _ in LAYERS]
+    leaf_pct = [(name, round(100 * n / total, 1)) for name, n in leaves.most_common(15)]
+    return total, layer_pct, leaf_pct

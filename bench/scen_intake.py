@@ -1,0 +1,119 @@
+"""Scenarios 2 and 3: ABDM share intake throughput and ack latency; scan to on-share at the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from bench import checks
+from bench.context import Run
+from bench.loadgen import LoadResult, drive
+from bench.stats import Section, summary_ms
+
+CLOSED_CONCURRENCY = 64
+
+
+def _row(label: str, res: LoadResult, target: float | None) -> dict[str, object]:
+    ok = [lat for lat, st in zip(res.latency_s, res.status, strict=True) if st == 202]
+    s = summary_ms(ok)
+    errors = res.count - len(ok)
+    return {"load": label, "offered_per_s": round(target, 1) if target else "max", "acked_per_s":
+            round(len(ok) / res.elapsed_s, 1), "p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"],
+            "errors": errors, "statuses": dict(Counter(res.status))}  # fmt: skip
+
+
+async def run_intake(run: Run, section: Section) -> None:
+    stack = run.need_stack()
+    step = run.sizes.step_s
+    budget = int(3500 * step * 4.5) if not run.smoke else 400
+    requests, ids = stack.share_requests(budget, "i")
+    url = stack.service.url
+    cursor = 0
+    used: list[str] = []
+
+    async def load(n: int, concurrency: int, duration_s: float, rate: float | None = None) -> LoadResult:
+        nonlocal cursor
+        r = await drive(
+            url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
+        )
+        used.extend(ids[cursor + i] for i in r.index)
+        cursor += max(r.index, default=-1) + 1
+        return r
+
+    await load(budget // 10, concurrency=16, duration_s=step / 2)  # warm-up, not reported
+    res = await load(budget, concurrency=CLOSED_CONCURRENCY, duration_s=step)
+    max_rate = res.ok_count(202) / res.elapsed_s
+    section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None))
+    p99_at_half = float("nan")
+    for frac in (0.25, 0.5, 0.75, 1.0):
+        rate = max(1.0, frac * max_rate)
+        n = int(rate * step) + 1
+        conc = min(256, max(8, int(rate * 0.02)))
+        r = await load(n, concurrency=conc, duration_s=step, rate=rate)
+        row = _row(f"{int(frac * 100)} % of max", r, rate)
+        section.rows.append(row)
+        if frac == 0.5:
+            p99_at_half = float(str(row["p99_ms"]))
+    run.figures["shares_max_per_s"] = max_rate
+    section.notes.append(
+        "Latency is from the intended send time (open loop), so queueing inside the service is counted. "
+        "The load generator, the sandbox and PostgreSQL share the same 2 cores with the service."
+    )
+    w = run.sizes.workers
+    section.check(f"≥ 2,000 shares/s with {w} workers", max_rate >= 2000, f"{max_rate:.0f} shares/s")
+    hello = run.figures.get("hello_rps")
+    if hello:
+        section.check("throughput ≥ 0.5 × bare hello", max_rate >= 0.5 * hello,
+                      f"{max_rate:.0f} / {hello:.0f} = {max_rate / hello:.2f} × hello")  # fmt: skip
+    section.check("ack p99 ≤ 20 ms at 50 % of max", p99_at_half <= 20, f"p99 {p99_at_half} ms")
+    checks.on_shares(stack, section, used)
+    checks.numbering(stack, section)
+    run.figures["intake_rss_mb"] = stack.service.worker_rss_mb()
+
+
+async def run_scan(run: Run, section: Section) -> None:
+    """Scan → on-share received at the sandbox, at a fixed rate."""
+    stack = run.need_stack()
+    rate, step = run.sizes.scan_rate, max(run.sizes.step_s, 1.0)
+    requests, ids = stack.share_requests(int(rate * step) + 1, "s")
+    cleared = await asyncio.to_thread(httpx.delete, stack.gateway_url + "/bench/received")
+    cleared.raise_for_status()
+    res = await drive(stack.service.url, requests, concurrency=min(128, max(8, int(rate * 0.05))),
+                      duration_s=step, rate=rate)  # fmt: skip
+    sent = {ids[i]: t for i, t in zip(res.index, res.sent_at, strict=True)}
+    received = checks.on_shares(stack, section, list(sent))
+    lat = [received[rid] - t for rid, t in sent.items() if rid in received]
+    s = summary_ms(lat)
+    acks = summary_ms([x for x, st in zip(res.latency_s, res.status, strict=True) if st == 202])
+    section.rows.append({"rate_per_s": rate, "shares": res.count, "ack_p50_ms": acks["p50"], "ack_p99_ms":
+                         acks["p99"], "onshare_p50_ms": s["p50"], "onshare_p90_ms": s["p90"],
+                         "onshare_p99_ms": s["p99"], "onshare_max_ms": s["max"]})  # fmt: skip
+    section.check(
+        f"scan → on-share p99 ≤ 250 ms at {rate:.0f} shares/s", s["p99"] <= 250, f"p99 {s['p99']} ms"
+    )
+    checks.numbering(stack, section)
+
+
+async def profile_intake(run: Run, section: Section) -> Path | None:
+    """py-spy on one worker while shares run closed-loop; the collapsed stacks go next to the report."""
+    stack = run.need_stack()
+    if run.sizes.profile_s <= 0 or shutil.which("py-spy") is None:
+        section.notes.append("py-spy not installed or smoke mode: no profile taken.")
+        return None
+    pid = stack.service.worker_pids()[0]
+    out = run.workdir / "share-path.collapsed"
+    seconds = run.sizes.profile_s
+    requests, ids = stack.share_requests(int(4000 * (seconds + 3)), "prof")
+    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+           "--format", "raw", "--nonblocking", "--output", str(out)]  # fmt: skip
+    run.commands.append(" ".join(cmd[:4]) + " <worker pid> " + " ".join(cmd[5:-1]) + " share-path.collapsed")
+    spy = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = await drive(stack.service.url, requests, concurrency=CLOSED_CONCURRENCY, duration_s=seconds + 1.5)
+    await asyncio.wait_for(spy.wait(), 60)
+    checks.on_shares(stack, section, [ids[i] for i in res.index])
+    return out if out.exists() else None

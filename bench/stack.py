@@ -1,0 +1,140 @@
+"""One run's stack: redis, a database, the gateway sandbox and the service, seeded and torn down."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlmodel import Session
+
+from bench.loadgen import encode
+from bench.procs import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    COUNTERS,
+    HIP,
+    SECRET_KEY,
+    Child,
+    Service,
+    create_database,
+    drop_database,
+    start_redis,
+    start_sandbox,
+)  # fmt: skip
+from token_service.abdm.sandbox_shares import SHARE_PATHS
+from token_service.abdm.sandbox_state import SandboxState
+from token_service.auth import hash_password
+from token_service.config import Settings
+from token_service.models import Counter, Desk, Facility, User
+from token_service.records.db import migrate, sync_engine
+
+PASSWORD = "bench-password-1"
+JWT_POOL = 64
+
+
+def settings_for(workdir: Path, redis_url: str, database_url: str, gateway_url: str = "") -> Settings:
+    return Settings(
+        data_dir=workdir / "service-data", redis_url=redis_url, database_url=database_url,
+        secret_key_value=SECRET_KEY, abdm_gateway_url=gateway_url or "http://127.0.0.1:9",
+        abdm_client_id=CLIENT_ID, abdm_client_secret=CLIENT_SECRET,
+    )  # fmt: skip
+
+
+def seed(settings: Settings) -> None:
+    """One facility, three counters with a desk each, one clerk who serves them all."""
+    migrate(settings)
+    with Session(sync_engine(settings)) as db:
+        db.add(Facility(hip_id=HIP, name="District Hospital Patna",
+                        names={"en": "District Hospital Patna", "hi": "जिला अस्पताल पटना"},
+                        timezone="Asia/Kolkata", languages=["hi", "en"]))  # fmt: skip
+        db.flush()
+        for code, prefix in zip(COUNTERS, "ABC", strict=True):
+            db.add(Counter(hip_id=HIP, code=code, name=f"Counter {code}", names={"en": code}, prefix=prefix))
+            db.add(Desk(hip_id=HIP, code=f"D{code}", name=f"Desk {code}", counters=[code]))
+        db.add(User(username="clerk", password_hash=hash_password(PASSWORD), role="clerk", hip_id=HIP,
+                    counters=[]))  # fmt: skip
+        db.commit()
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    redis_url: str
+    database_url: str
+    gateway_url: str
+    service: Service
+    signer: SandboxState
+    jwts: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return settings_for(self.workdir, self.redis_url, self.database_url, self.gateway_url)
+
+    def share_requests(self, n: int, tag: str) -> tuple[list[bytes], list[str]]:
+        """`n` signed v3 shares, each a new patient, spread over the counters; and their REQUEST-IDs."""
+        if not self.jwts:
+            # The gateway reuses its bearer for many calls; the service still verifies every one.
+            self.jwts = [self.signer.sign_gateway_jwt(ttl_s=3600) for _ in range(JWT_POOL)]
+        url = self.service.url + SHARE_PATHS["v3"]
+        out, ids = [], []
+        for i in range(n):
+            rid = str(uuid.uuid4())
+            headers, body = self.signer.build_share(
+                "v3", HIP, COUNTERS[i % len(COUNTERS)], f"p{tag}{i}@sbx", request_id=rid,
+                jwt_token=self.jwts[i % JWT_POOL],
+            )  # fmt: skip
+            out.append(encode("POST", url, headers, body))
+            ids.append(rid)
+        return out, ids
+
+    def login(self) -> dict[str, str]:
+        r = httpx.post(self.service.url + "/api/auth/login", json={"username": "clerk", "password": PASSWORD})
+        r.raise_for_status()
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+    def numbering(self) -> list[tuple[str, str, int, int, int, int]]:
+        """(counter, day, rows, distinct numbers, min, max) per counter and local day, from SQL."""
+        q = text(
+            "SELECT origin_counter, CAST(local_date AS TEXT), COUNT(*), COUNT(DISTINCT number), MIN(number),"
+            " MAX(number) FROM token GROUP BY origin_counter, local_date"
+        )
+        with sync_engine(self.settings).connect() as conn:
+            return [(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in conn.execute(q)]
+
+    def received(self) -> list[list[object]]:
+        r = httpx.get(self.gateway_url + "/bench/received", timeout=30)
+        r.raise_for_status()
+        rows: list[list[object]] = r.json()
+        return rows
+
+
+@contextmanager
+def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]:
+    """Redis, a fresh database ("sqlite" or "postgres"), the sandbox and the service; all stopped after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    children: list[Child] = []
+    database_url = create_database() if database == "postgres" else ""
+    service: Service | None = None
+    try:
+        redis_child, redis_url = start_redis(workdir)
+        children.append(redis_child)
+        key = workdir / "gateway-key.pem"
+        sandbox_child, gateway_url = start_sandbox(workdir, key)
+        children.append(sandbox_child)
+        data_dir = workdir / "service-data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        seed(settings_for(workdir, redis_url, database_url, gateway_url))
+        service = Service(workdir, redis_url, database_url, gateway_url, workers).start()
+        yield Stack(workdir, redis_url, database_url, gateway_url, service, SandboxState.create(key))
+    finally:
+        if service is not None:
+            service.stop()
+        for child in reversed(children):
+            child.stop()
+        if database_url:
+            drop_database(database_url)
