@@ -15,7 +15,9 @@ import httpx
 import pytest
 import redis as sync_redis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from tests.integration.test_sandbox_server import ServerThread
@@ -98,11 +100,15 @@ async def post_share(
     return await client.post(path, content=body, headers=headers), request_id
 
 
-async def on_share_for(gw: SandboxState, request_id: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+async def on_share_for(
+    gw: SandboxState, request_id: str, count: int = 1, wait_s: float = 5.0
+) -> list[dict[str, Any]]:
     """The on-shares the sandbox accepted for this inbound request id, oldest first."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     while True:
-        found = [r for r in reversed(gw.on_shares()) if r.get("requestId") == request_id and r["answered"] == 202]
+        found = [
+            r for r in reversed(gw.on_shares()) if r.get("requestId") == request_id and r["answered"] == 202
+        ]
         if len(found) >= count or time.monotonic() > deadline:
             return found
         await asyncio.sleep(0.02)
@@ -125,7 +131,9 @@ def token_keys(redis_url: str) -> list[bytes]:
         r.close()
 
 
-async def test_v3_share_gets_202_and_on_share_with_token(client: httpx.AsyncClient, gw: SandboxState, settings: Settings) -> None:
+async def test_v3_share_gets_202_and_on_share_with_token(
+    client: httpx.AsyncClient, gw: SandboxState, settings: Settings
+) -> None:
     started = time.perf_counter()
     r, rid = await post_share(client, gw)
     ack_ms = (time.perf_counter() - started) * 1000
@@ -148,7 +156,9 @@ async def test_v3_share_gets_202_and_on_share_with_token(client: httpx.AsyncClie
     assert (attempt.ok, attempt.status_code) == (1, 202)
 
 
-async def test_duplicate_delivery_and_rescan_give_same_token(client: httpx.AsyncClient, gw: SandboxState, settings: Settings) -> None:
+async def test_duplicate_delivery_and_rescan_give_same_token(
+    client: httpx.AsyncClient, gw: SandboxState, settings: Settings
+) -> None:
     r1, rid = await post_share(client, gw)
     await on_share_for(gw, rid)
     r2, _ = await post_share(client, gw, request_id=rid)  # the gateway delivers the same share again
@@ -159,10 +169,12 @@ async def test_duplicate_delivery_and_rescan_give_same_token(client: httpx.Async
     assert r3.status_code == 202
     (rescan,) = await on_share_for(gw, rid3)
     assert rescan["tokenNumber"] == "A1"
-    r4, rid4 = await post_share(client, gw, abha="sita.devi@sbx", name="सीता देवी")
+    _, rid4 = await post_share(client, gw, abha="sita.devi@sbx", name="सीता देवी")
     assert (await on_share_for(gw, rid4))[0]["tokenNumber"] == "A2"
     assert len(sql_rows(settings, "select id from token")) == 2
-    outcomes = sorted(json.loads(r.payload)["outcome"] for r in sql_rows(settings, "select payload from on_share"))
+    outcomes = sorted(
+        json.loads(r.payload)["outcome"] for r in sql_rows(settings, "select payload from on_share")
+    )
     assert outcomes == ["created", "duplicate", "rescan"]  # the re-delivery re-armed the first row
 
 
@@ -171,14 +183,18 @@ async def test_rescan_after_completion_gets_new_token(client: httpx.AsyncClient,
     assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
     login = await client.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
     h = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    called = await client.post(f"/api/facilities/{HIP}/counters/OPD1/call-next", json={"desk": "D1"}, headers=h)
+    called = await client.post(
+        f"/api/facilities/{HIP}/counters/OPD1/call-next", json={"desk": "D1"}, headers=h
+    )
     assert (await client.post(f"/api/tokens/{called.json()['id']}/complete", headers=h)).status_code == 200
     _, rid2 = await post_share(client, gw)
     assert (await on_share_for(gw, rid2))[0]["tokenNumber"] == "A2"
 
 
 @pytest.mark.parametrize("version", ["v1", "v0.5"])
-async def test_v1_and_v05_end_to_end(client: httpx.AsyncClient, gw: SandboxState, settings: Settings, version: str) -> None:
+async def test_v1_and_v05_end_to_end(
+    client: httpx.AsyncClient, gw: SandboxState, settings: Settings, version: str
+) -> None:
     r, rid = await post_share(client, gw, version=version, counter="ORTHO")
     assert r.status_code == 202, r.text
     (on_share,) = await on_share_for(gw, rid)
@@ -191,10 +207,19 @@ async def test_v1_and_v05_end_to_end(client: httpx.AsyncClient, gw: SandboxState
 
 @pytest.mark.parametrize(
     ("counter", "hip", "message"),
-    [("OPD9", HIP, "Counter OPD9 is not configured"), ("OPD1", "IN9999999999", "Facility IN9999999999 is not configured")],
+    [
+        ("OPD9", HIP, "Counter OPD9 is not configured"),
+        ("OPD1", "IN9999999999", "Facility IN9999999999 is not configured"),
+    ],
 )
 async def test_unknown_counter_or_facility_gets_error_on_share(
-    client: httpx.AsyncClient, gw: SandboxState, settings: Settings, redis_url: str, counter: str, hip: str, message: str
+    client: httpx.AsyncClient,
+    gw: SandboxState,
+    settings: Settings,
+    redis_url: str,
+    counter: str,
+    hip: str,
+    message: str,
 ) -> None:
     r, rid = await post_share(client, gw, counter=counter, hip_id=hip)
     assert r.status_code == 202
@@ -209,7 +234,9 @@ async def test_unknown_counter_or_facility_gets_error_on_share(
     assert sql_rows(settings, "select id from token") == [] and token_keys(redis_url) == []
 
 
-async def test_closed_counter_gets_error_on_share(client: httpx.AsyncClient, gw: SandboxState, settings: Settings) -> None:
+async def test_closed_counter_gets_error_on_share(
+    client: httpx.AsyncClient, gw: SandboxState, settings: Settings
+) -> None:
     engine = create_engine(settings.sqlalchemy_url)
     with engine.begin() as conn:
         conn.execute(text("update counter set active = 0 where code = 'OPD2'"))
@@ -236,7 +263,9 @@ PATIENT_VARIANTS: list[dict[str, Any]] = [
 
 
 @pytest.mark.parametrize("extra", PATIENT_VARIANTS)
-async def test_observed_v3_payload_variants_accepted(client: httpx.AsyncClient, gw: SandboxState, extra: dict[str, Any]) -> None:
+async def test_observed_v3_payload_variants_accepted(
+    client: httpx.AsyncClient, gw: SandboxState, extra: dict[str, Any]
+) -> None:
     r, rid = await post_share(client, gw, patient_extra=extra)
     assert r.status_code == 202, r.text
     assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
@@ -254,7 +283,11 @@ async def test_v3_metadata_variants_accepted(client: httpx.AsyncClient, gw: Sand
 
 
 async def test_v1_variants_accepted(client: httpx.AsyncClient, gw: SandboxState) -> None:
-    extra = {"healthIdNumber": None, "identifiers": [{"type": "EMAIL", "value": "a@b.c"}], "yearOfBirth": "1980"}
+    extra = {
+        "healthIdNumber": None,
+        "identifiers": [{"type": "EMAIL", "value": "a@b.c"}],
+        "yearOfBirth": "1980",
+    }
     r, rid = await post_share(client, gw, version="v1", patient_extra=extra)
     assert r.status_code == 202, r.text
     assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
@@ -267,11 +300,19 @@ def _jwt_cases(gw: SandboxState) -> dict[str, str]:
 
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
-    claims = {"exp": now + 300, "iat": now, "nbf": now, "aud": "account", "realm_access": {"roles": ["gateway"]}}
+    claims = {
+        "exp": now + 300,
+        "iat": now,
+        "nbf": now,
+        "aud": "account",
+        "realm_access": {"roles": ["gateway"]},
+    }
     public_pem = gw.private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    hs_header = pyjwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": gw.kid, "typ": "JWT"}).encode())
+    hs_header = pyjwt.utils.base64url_encode(
+        json.dumps({"alg": "HS256", "kid": gw.kid, "typ": "JWT"}).encode()
+    )
     hs_payload = pyjwt.utils.base64url_encode(json.dumps(claims).encode())
     import hashlib
     import hmac
@@ -279,7 +320,10 @@ def _jwt_cases(gw: SandboxState) -> dict[str, str]:
     signing_input = hs_header + b"." + hs_payload
     hs_sig = pyjwt.utils.base64url_encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest())
     none_token = (
-        pyjwt.utils.base64url_encode(json.dumps({"alg": "none", "kid": gw.kid}).encode()) + b"." + hs_payload + b"."
+        pyjwt.utils.base64url_encode(json.dumps({"alg": "none", "kid": gw.kid}).encode())
+        + b"."
+        + hs_payload
+        + b"."
     )
     return {
         "expired": gw.sign_gateway_jwt({"exp": now - 600, "iat": now - 900, "nbf": now - 900}),
@@ -312,7 +356,9 @@ async def test_jwt_cases_rejected_with_401_and_nothing_issued(
     assert len(token_keys(redis_url)) == 1
 
 
-async def test_unknown_kid_refetches_keys_then_rejects(service: tuple[FastAPI, httpx.AsyncClient], gw: SandboxState) -> None:
+async def test_unknown_kid_refetches_keys_then_rejects(
+    service: tuple[FastAPI, httpx.AsyncClient], gw: SandboxState
+) -> None:
     from token_service.api.abdm import runtime_of
 
     app, client = service
@@ -333,24 +379,40 @@ MALFORMED = [
     (b"{", "invalid_json"),
     (b"[]", "invalid_body"),
     (b'{"intent": "PROFILE_SHARE"}', "invalid_body"),
-    (b'{"intent": "RECORD_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {}}}', "unsupported_intent"),
-    (b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD 1!"}, "profile": {"patient": {"name": "A", "abhaAddress": "a@sbx"}}}', "invalid_counter_code"),
-    (b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {"name": "A"}}}', "invalid_body"),
-    (b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {"name": "A", "abhaAddress": "a@sbx", "abhaNumber": "12"}}}', "invalid_body"),
+    (
+        b'{"intent": "RECORD_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {}}}',
+        "unsupported_intent",
+    ),
+    (
+        b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD 1!"}, "profile": {"patient": {"name": "A", "abhaAddress": "a@sbx"}}}',
+        "invalid_counter_code",
+    ),
+    (
+        b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {"name": "A"}}}',
+        "invalid_body",
+    ),
+    (
+        b'{"intent": "PROFILE_SHARE", "metaData": {"context": "OPD1"}, "profile": {"patient": {"name": "A", "abhaAddress": "a@sbx", "abhaNumber": "12"}}}',
+        "invalid_body",
+    ),
     (b'{"a": NaN}', "invalid_json"),
     (b"[" * 5000 + b"]" * 5000, "invalid_json"),
 ]
 
 
 @pytest.mark.parametrize(("body", "code"), MALFORMED)
-async def test_malformed_bodies_get_clear_400(client: httpx.AsyncClient, gw: SandboxState, body: bytes, code: str) -> None:
+async def test_malformed_bodies_get_clear_400(
+    client: httpx.AsyncClient, gw: SandboxState, body: bytes, code: str
+) -> None:
     headers, _ = gw.build_share("v3", HIP, "OPD1", "a@sbx")
     r = await client.post(V3, content=body, headers=headers)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == code and r.json()["detail"]
 
 
-async def test_missing_headers_and_facility(client: httpx.AsyncClient, gw: SandboxState, redis_url: str) -> None:
+async def test_missing_headers_and_facility(
+    client: httpx.AsyncClient, gw: SandboxState, redis_url: str
+) -> None:
     headers, body = gw.build_share("v3", HIP, "OPD1", "a@sbx")
     r = await client.post(V3, content=body, headers={k: v for k, v in headers.items() if k != "REQUEST-ID"})
     assert (r.status_code, r.json()["error"]) == (400, "missing_request_id")
@@ -366,17 +428,56 @@ async def test_missing_headers_and_facility(client: httpx.AsyncClient, gw: Sandb
     assert token_keys(redis_url) == []
 
 
-_json_leaf = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False) | st.text(max_size=30)
-_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=20)
-_keys = st.sampled_from(["intent", "metaData", "profile", "requestId", "hipCode", "patient", "context", "abhaAddress", "healthId", "name"])
+_json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    [
+        "intent",
+        "metaData",
+        "profile",
+        "requestId",
+        "hipCode",
+        "patient",
+        "context",
+        "abhaAddress",
+        "healthId",
+        "name",
+    ]
+)
 
 
 def _share_like() -> st.SearchStrategy[Any]:
-    patient = st.dictionaries(st.sampled_from(["name", "abhaAddress", "abhaNumber", "gender", "yearOfBirth", "address", "phoneNumber"]), _json, max_size=7)
+    patient = st.dictionaries(
+        st.sampled_from(
+            ["name", "abhaAddress", "abhaNumber", "gender", "yearOfBirth", "address", "phoneNumber"]
+        ),
+        _json,
+        max_size=7,
+    )
     meta = st.dictionaries(st.sampled_from(["hipId", "context", "hprId", "latitude"]), _json, max_size=4)
-    shaped = st.fixed_dictionaries({"intent": st.sampled_from(["PROFILE_SHARE", "profile_share", "X", 5, None]), "metaData": meta | _json, "profile": st.fixed_dictionaries({"patient": patient}) | _json})
+    shaped = st.fixed_dictionaries(
+        {
+            "intent": st.sampled_from(["PROFILE_SHARE", "profile_share", "X", 5, None]),
+            "metaData": meta | _json,
+            "profile": st.fixed_dictionaries({"patient": patient}) | _json,
+        }
+    )
     # Mostly share-shaped garbage (deep parsing paths), some arbitrary JSON and raw bytes.
-    return shaped.map(lambda d: json.dumps(d).encode()) | st.dictionaries(_keys, _json, max_size=6).map(lambda d: json.dumps(d).encode()) | st.binary(max_size=200)
+    return (
+        shaped.map(lambda d: json.dumps(d).encode())
+        | st.dictionaries(_keys, _json, max_size=6).map(lambda d: json.dumps(d).encode())
+        | st.binary(max_size=200)
+    )
 
 
 def _would_be_valid(body: bytes) -> bool:
@@ -389,7 +490,9 @@ def _would_be_valid(body: bytes) -> bool:
     return True
 
 
-async def test_generated_malformed_bodies_never_500_never_issue(client: httpx.AsyncClient, gw: SandboxState, redis_url: str, settings: Settings) -> None:
+async def test_generated_malformed_bodies_never_500_never_issue(
+    client: httpx.AsyncClient, gw: SandboxState, redis_url: str, settings: Settings
+) -> None:
     headers, _ = gw.build_share("v3", HIP, "OPD1", "a@sbx")
     bodies: list[bytes] = []
 
@@ -408,7 +511,9 @@ async def test_generated_malformed_bodies_never_500_never_issue(client: httpx.As
     assert token_keys(redis_url) == [] and sql_rows(settings, "select id from on_share") == []
 
 
-async def test_redis_down_answers_503_and_gateway_can_retry(tmp_path: Path, gw: SandboxState, sandbox: tuple[SandboxState, str]) -> None:
+async def test_redis_down_answers_503_and_gateway_can_retry(
+    tmp_path: Path, gw: SandboxState, sandbox: tuple[SandboxState, str]
+) -> None:
     from tests.support.servers import RedisProc
 
     proc = RedisProc().start()
@@ -416,7 +521,7 @@ async def test_redis_down_answers_503_and_gateway_can_retry(tmp_path: Path, gw: 
         s = make_settings(tmp_path, proc.url, abdm_gateway_url=sandbox[1])
         seed(s)
         async with service_app(s) as (_, c):
-            r, rid = await post_share(c, gw)
+            r, _ = await post_share(c, gw)
             assert r.status_code == 202
             proc.kill()
             r2, rid2 = await post_share(c, gw, abha="later@sbx")
