@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import httptools
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from token_service.ratelimit import RateLimits
 from token_service.retention import purge_daily
@@ -58,6 +60,65 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+MAX_HEAD_BYTES = 32 * 1024
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"x-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
+_431_BODY = b'{"error":"header_too_large","detail":"request line and headers over %d bytes"}' % MAX_HEAD_BYTES
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's fast HTTP/1.1 protocol with a bound on the request head (line + headers).
+
+    httptools buffers a header of any size (a 64 MB header is read into memory and handed to the
+    app), so each connection could pin unbounded memory. A head that is still incomplete past the
+    bound gets 431 and the connection is closed before more is buffered; a complete one that
+    arrived in a single read and is over the bound is refused by the parser callback (400).
+    Serve with ``uvicorn.Config(http=BoundedHttpToolsProtocol)``.
+    """
+
+    _head_pending = True  # the current request's head has not been seen to end yet
+    _head_bytes = 0
+    _tail = b""  # the last bytes of the previous read: a CRLFCRLF may straddle two reads
+    _parsed = 0  # request line and headers delivered by the parser for the current request
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_pending:
+            window = self._tail + data
+            end = window.find(b"\r\n\r\n")
+            seen = self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._tail))
+            if seen > MAX_HEAD_BYTES:
+                self.transport.write(_431 % (len(_431_BODY), _431_BODY))
+                self.transport.close()
+                return
+            self._head_pending = end < 0
+            self._head_bytes, self._tail = (seen, window[-3:]) if end < 0 else (0, b"")
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head_pending, self._head_bytes, self._tail = True, 0, b""  # keep-alive: the next head
+
+    def _grow(self, n: int) -> None:
+        # Pipelined heads and a whole head in one read bypass the byte count above; this catches them.
+        self._parsed += n
+        if self._parsed > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("request head too large")
 
 
 def install(app: FastAPI) -> None:
