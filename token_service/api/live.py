@@ -33,6 +33,7 @@ from token_service.queue.service import Token
 from token_service.queue.status import Status
 from token_service.records.recorder import parse_event
 from token_service.state import AppState
+from token_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 PATTERN = keys.live_channel("*")
@@ -154,11 +155,7 @@ class LiveHub:
                        asyncio.create_task(self._refresh_loop(), name="live-refresh")]  # fmt: skip
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._broadcast_all(Message("closed"))
 
     def end_streams(self) -> None:

@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from token_service.printing.keys import WAKE_PATTERN
+from token_service.tasks import cancel_and_wait
 
 log = logging.getLogger("token_service.printing")
 
@@ -57,9 +58,7 @@ class Wakeups:
         self.closing = True
         self.wake_all()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = 0.1

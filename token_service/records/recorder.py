@@ -23,6 +23,7 @@ from token_service.queue import keys
 from token_service.queue.service import Token
 from token_service.records import tokens as token_sql
 from token_service.records.writer import SqlWriter
+from token_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 GROUP = "recorder"
@@ -53,8 +54,7 @@ class Recorder:
 
     async def close(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=3)
+            await cancel_and_wait(self._task)
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
