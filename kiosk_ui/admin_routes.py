@@ -144,7 +144,23 @@ async def devices_page(request: Request) -> Response:
     for d in devices:
         d["last_seen_text"] = when(t, d["last_seen_at"], fac.timezone)
     printers = [d["name"] for d in devices if d["kind"] == "printer" and d["active"]]
-    return await show(request, g, "devices", "devices.html", {"devices": devices, "printers": printers})
+    health = await _printer_health(state, g.hip_id, t, fac.timezone)
+    return await show(request, g, "devices", "devices.html",
+                      {"devices": devices, "printers": printers, "health": health})  # fmt: skip
+
+
+async def _printer_health(state: Any, hip_id: str, t: Translator, timezone: str) -> list[dict[str, Any]]:
+    """Printer health from the print service (heartbeats, queue), for the admin to spot a dead printer."""
+    service = state.extras.get("printing")  # set by token_service.api.printing
+    if service is None:
+        return []
+    rows = []
+    for p in await service.printers(hip_id):
+        row = p.model_dump()
+        row["last_seen_text"] = when(t, p.last_seen_at, timezone)
+        row["last_printed_text"] = when(t, p.last_printed_at, timezone)
+        rows.append(row)
+    return rows
 
 
 def _day(value: str | None) -> date | None:
