@@ -36,12 +36,12 @@ class Sizes:
         return cls(workers=workers, step_s=8.0, redis_requests=200_000, wrk_connections=64, scan_rate=500.0,
                    sse_clients=5000, sse_calls=20, sse_ramp=(5000, 10_000, 15_000), alloc_clients=50,
                    alloc_s=8.0, render_iterations=50, memory_tokens=100_000, soak_s=soak_s,
-                   soak_share_rate=300.0, soak_sse_clients=1000, profile_s=8.0)  # fmt: skip
+                   soak_share_rate=50.0, soak_sse_clients=500, profile_s=8.0)  # fmt: skip
 
     @classmethod
     def smoke(cls, workers: int) -> Sizes:
         return cls(workers=workers, step_s=0.6, redis_requests=2000, wrk_connections=8, scan_rate=40.0,
-                   sse_clients=20, sse_calls=3, sse_ramp=(30,), alloc_clients=8, alloc_s=0.5,
+                   sse_clients=20, sse_calls=3, sse_ramp=(), alloc_clients=8, alloc_s=0.5,
                    render_iterations=2, memory_tokens=1000, soak_s=4.0, soak_share_rate=30.0,
                    soak_sse_clients=10, profile_s=0.0)  # fmt: skip
 

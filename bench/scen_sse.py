@@ -117,16 +117,17 @@ async def clients_round(stack: Stack, run: Run, headers: dict[str, str], n: int,
     await fleet.ready()
     sent: dict[str, float] = {}
     call_times: list[float] = []
+    pause = 0.3 if run.smoke else 1.0
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(pause)
         for _ in range(calls):
             t0 = time.time()
             _status, label = await call_next(http, stack, COUNTER, DESK)
             if label is not None:
                 sent[label] = t0
                 call_times.append(t0)
-            await asyncio.sleep(CALL_GAP_S)
-        await asyncio.sleep(2.0)
+            await asyncio.sleep(CALL_GAP_S * pause)
+        await asyncio.sleep(2.0 * pause)
     boards, status_updates, dropped = await fleet.collect()
     board_lat = board_latencies(boards, sent)
     status_lat = status_latencies(status_updates, call_times)

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 import orjson
 import uvloop
 
+READY_TIMEOUT_S = 120.0
+
 
 class Client:
     def __init__(self, path: str) -> None:
@@ -93,7 +95,11 @@ async def main() -> None:
     gate, recording = asyncio.Semaphore(200), asyncio.Event()
     tasks = [asyncio.create_task(follow(host, port, c, gate, recording)) for c in clients]
     started = time.perf_counter()
-    await asyncio.gather(*(c.ready.wait() for c in clients))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), READY_TIMEOUT_S)
+    except TimeoutError:
+        for c in clients:
+            c.failed = c.failed or not c.ready.is_set()
     failed = sum(1 for c in clients if c.failed or c.dropped)
     recording.set()
     print(f"ready {len(clients) - failed} {failed} {time.perf_counter() - started:.2f}", flush=True)
