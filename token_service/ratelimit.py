@@ -196,7 +196,7 @@ def limiter_of(state: Any) -> RateLimiter:
 
 def client_ip(scope: Scope) -> str:
     client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    return str(client[0]) if client and client[0] else "unknown"
 
 
 def _device_credential(scope: Scope) -> str | None:
