@@ -194,3 +194,42 @@ async def test_audit_is_append_only_and_names_the_actor(tmp_path: Path, redis_ur
     )
     assert {r.target for r in rows if r.action == "skip"} == {called[-1]}
     assert len(items) == len(rows) and AuditLog.__tablename__ == "audit_log"
+
+
+@pytest.mark.xfail(
+    strict=False, reason="issue_session has no per-login nonce: two logins in one second match"
+)
+async def test_every_login_issues_a_distinct_token(tmp_path: Path, redis_url: str) -> None:
+    from token_service.auth import issue_session
+
+    tokens = {issue_session("k" * 40, 1, "clerk", 3600) for _ in range(3)}
+    assert len(tokens) == 3
+
+
+async def test_form_and_api_logins_share_one_lockout(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url)
+    seed(settings)
+    async with running_app(settings) as (_, client):
+        csrf = (await client.get("/login")).cookies["opd_csrf"]
+        for _ in range(5):
+            r = await client.post(
+                "/login", data={"username": "clerk", "password": "wrong", "csrf_token": csrf}
+            )
+            assert r.status_code == 401
+        r = await client.post("/api/auth/login", json={"username": "clerk", "password": PASSWORD})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the login form handler catches Unauthorized only; 429 comes back as JSON"
+)
+async def test_locked_login_form_renders_a_page_with_retry_after(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url)
+    seed(settings)
+    async with running_app(settings) as (_, client):
+        csrf = (await client.get("/login")).cookies["opd_csrf"]
+        for _ in range(5):
+            await client.post("/login", data={"username": "clerk", "password": "wrong", "csrf_token": csrf})
+        r = await client.post("/login", data={"username": "clerk", "password": PASSWORD, "csrf_token": csrf})
+        assert r.status_code == 429 and r.headers["content-type"].startswith("text/html")
+        assert int(r.headers["Retry-After"]) > 0 and "opd_session" not in r.cookies
