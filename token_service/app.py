@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -85,6 +86,21 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
+def redis_client(url: str, **options: Any) -> Redis:
+    """The client for `url`. `redis+cluster://host:port` (or `?cluster=1`) means Redis Cluster: any one
+    node is enough, the client finds the rest. Every queue script touches one facility's hash tag, so
+    the cluster client routes it to that slot's master like a single-key command."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    plain_query = [(k, v) for k, v in query if k != "cluster"]
+    scheme, _, flavour = parts.scheme.partition("+")
+    if flavour != "cluster" and len(plain_query) == len(query):
+        return Redis.from_url(url, **options)
+    plain = urlunsplit((scheme, parts.netloc, parts.path, urlencode(plain_query), ""))
+    # The cluster client speaks the same command API; AppState keeps its one `Redis` type.
+    return cast(Redis, RedisCluster.from_url(plain, **options))
+
+
 async def build_state(settings: Settings, clock: Clock) -> AppState:
     embedded = None
     redis_url = settings.redis_url
@@ -95,11 +111,16 @@ async def build_state(settings: Settings, clock: Clock) -> AppState:
     # first request after recovery succeeds; a Redis that is really down still fails in milliseconds
     # (connection refused), which the handlers turn into 503.
     retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=2)
-    redis = Redis.from_url(
+    redis = redis_client(
         redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0,
         health_check_interval=15, max_connections=512, retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )  # fmt: skip
+    if isinstance(redis, RedisCluster):
+        # Load the slot map before requests race for the client: first commands sent concurrently by
+        # an uninitialised cluster client go to the seed node, come back MOVED, and the client's
+        # recovery then closes connections that other requests are still reading from.
+        await redis.initialize()
     scripts = Scripts.register(redis)
     queue = TokenQueue(redis, scripts, clock)
     engine = async_engine(settings)
