@@ -1,0 +1,123 @@
+"""API smoke on a real 3-master Redis Cluster: `opd-token serve` (2 workers) with OPD_REDIS_URL=redis+cluster://
+issues, calls, streams the call to the board, takes a share and delivers its on-share, and prints a slip."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_faults_redis import login_headers, sql_rows
+from tests.integration.test_sandbox_server import ServerThread
+from tests.support.app import HIP, ServiceProc, make_settings, seed
+from tests.support.cluster import RedisClusterProc, cluster_tools_available
+from token_service.abdm.outbox import Outbox
+from token_service.abdm.sandbox import create_sandbox_app
+from token_service.abdm.sandbox_state import SandboxState
+from token_service.app import redis_client
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterProc]:
+    if not cluster_tools_available():
+        pytest.skip("redis-server and redis-cli are needed for a local cluster")
+    proc = RedisClusterProc().start()
+    yield proc
+    proc.cleanup()
+
+
+def xfail_unless_outbox_supports_cluster(url: str) -> None:
+    """The on-share outbox opens a second client for its blocking waits; until it can do that for a
+    cluster client, the service cannot start on a cluster (constructing it does no I/O)."""
+    client = redis_client(url, decode_responses=True)
+    try:
+        Outbox(client, None, None, None, None, 25.0)  # type: ignore[arg-type]
+    except AttributeError as exc:
+        if "connection_pool" not in str(exc):
+            raise
+        pytest.xfail("the on-share outbox builds its blocking client from a single-node connection pool")
+
+
+def board_call_event(url: str, headers: dict[str, str]) -> dict[str, object]:
+    """Call next at desk D1 while the board's SSE stream is open; the first `call` event on it."""
+
+    def call_soon() -> None:
+        time.sleep(1.0)  # the stream subscribes first
+        r = httpx.post(f"{url}/api/facilities/{HIP}/desks/D1/call-next", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+
+    caller = threading.Thread(target=call_soon)
+    with (
+        httpx.Client(base_url=url, timeout=10) as c,
+        c.stream("GET", f"/api/facilities/{HIP}/board/events") as s,
+    ):
+        caller.start()
+        try:
+            kind = ""
+            for line in s.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:") and kind == "call":
+                    event: dict[str, object] = json.loads(line[5:])
+                    return event
+        finally:
+            caller.join()
+    raise AssertionError("the board stream ended without a call event")
+
+
+def test_service_on_redis_cluster(tmp_path: Path, cluster: RedisClusterProc) -> None:
+    cluster.flushall()
+    gw = SandboxState()
+    with ServerThread(create_sandbox_app(gw)) as gw_server:
+        settings = make_settings(tmp_path, cluster.url, abdm_gateway_url=gw_server.url)
+        s = seed(settings)
+        xfail_unless_outbox_supports_cluster(cluster.url)
+        svc = ServiceProc(settings, workers=2).start(timeout=40)
+        try:
+            admin = login_headers(svc.url)
+            with httpx.Client(base_url=svc.url, headers=admin, timeout=10) as c:
+                tokens = [
+                    c.post(f"/api/facilities/{HIP}/counters/{code}/tokens", json={})
+                    for code in ("OPD1", "OPD2", "ORTHO")
+                ]
+                assert [t.status_code for t in tokens] == [201, 201, 201]
+                assert [t.json()["number"] for t in tokens] == [1, 1, 1]
+            event = board_call_event(svc.url, admin)
+            assert "A1" in json.dumps(event)
+            # A share through the gateway path: 202 at once, then the on-share from the cluster-backed outbox.
+            headers, body = gw.build_share("v3", HIP, "OPD2", "cluster.test@sbx")
+            r = httpx.post(svc.url + "/api/v3/hip/patient/share", content=body, headers=headers, timeout=10)
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 10
+            while not any(o.get("answered") == 202 and o.get("tokenNumber") == "B2" for o in gw.on_shares()):
+                assert time.monotonic() < deadline, gw.on_shares()
+                time.sleep(0.05)
+            # A slip for the printer's agent, through the Redis-leased print queue.
+            tid = tokens[2].json()["id"]
+            assert (
+                httpx.post(
+                    f"{svc.url}/api/tokens/{tid}/print", json={"printer": "printer1"}, headers=admin
+                ).status_code
+                == 202
+            )
+            printer = {"Authorization": f"Bearer {s.devices['printer1']}"}
+            job = httpx.get(f"{svc.url}/api/print-jobs/next", params={"wait": 2}, headers=printer, timeout=10)
+            assert job.status_code == 200 and job.json()["token_id"] == tid
+            ack = httpx.post(
+                f"{svc.url}/api/print-jobs/{job.json()['id']}/ack",
+                json={"status": "printed"},
+                headers=printer,
+            )
+            assert ack.status_code == 200
+            # The recorder read the facility's event stream on its master and wrote the history.
+            deadline = time.monotonic() + 10
+            while sql_rows(settings.sqlalchemy_url, "SELECT count(*) FROM token_event")[0][0] < 5:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            svc.stop()
