@@ -77,25 +77,30 @@ async def run_intake(run: Run, section: Section) -> None:
 
 
 async def run_scan(run: Run, section: Section) -> None:
-    """Scan → on-share received at the sandbox, at a fixed rate."""
+    """Scan → on-share received at the sandbox, at the target rate and, below the ceiling, at half of it."""
     stack = run.need_stack()
-    rate, step = run.sizes.scan_rate, max(run.sizes.step_s, 1.0)
-    requests, ids = stack.share_requests(int(rate * step) + 1, "s")
-    cleared = await asyncio.to_thread(httpx.delete, stack.gateway_url + "/bench/received")
-    cleared.raise_for_status()
-    res = await drive(stack.service.url, requests, concurrency=min(128, max(8, int(rate * 0.05))),
-                      duration_s=step, rate=rate)  # fmt: skip
-    sent = {ids[i]: t for i, t in zip(res.index, res.sent_at, strict=True)}
-    received = checks.on_shares(stack, section, list(sent))
-    lat = [received[rid] - t for rid, t in sent.items() if rid in received]
-    s = summary_ms(lat)
-    acks = summary_ms([x for x, st in zip(res.latency_s, res.status, strict=True) if st == 202])
-    section.rows.append({"rate_per_s": rate, "shares": res.count, "ack_p50_ms": acks["p50"], "ack_p99_ms":
-                         acks["p99"], "onshare_p50_ms": s["p50"], "onshare_p90_ms": s["p90"],
-                         "onshare_p99_ms": s["p99"], "onshare_max_ms": s["max"]})  # fmt: skip
-    section.check(
-        f"scan → on-share p99 ≤ 250 ms at {rate:.0f} shares/s", s["p99"] <= 250, f"p99 {s['p99']} ms"
-    )
+    step = max(run.sizes.step_s, 1.0)
+    rates = [run.sizes.scan_rate]
+    ceiling = float(run.figures.get("shares_max_per_s") or 0.0)
+    if 0 < ceiling < 2 * run.sizes.scan_rate:
+        rates.append(max(1.0, round(0.5 * ceiling, 1)))  # what on-share delivery adds when intake keeps up
+    for rate in rates:
+        requests, ids = stack.share_requests(int(rate * step) + 1, f"s{rate:g}")
+        cleared = await asyncio.to_thread(httpx.delete, stack.gateway_url + "/bench/received")
+        cleared.raise_for_status()
+        res = await drive(stack.service.url, requests, concurrency=min(128, max(8, int(rate * 0.05))),
+                          duration_s=step, rate=rate)  # fmt: skip
+        sent = {ids[i]: t for i, t in zip(res.index, res.sent_at, strict=True)}
+        received = checks.on_shares(stack, section, list(sent), wait_s=60)
+        lat = [received[rid] - t for rid, t in sent.items() if rid in received]
+        s = summary_ms(lat)
+        acks = summary_ms([x for x, st in zip(res.latency_s, res.status, strict=True) if st == 202])
+        section.rows.append({"rate_per_s": rate, "shares": res.count, "took_s": round(res.elapsed_s, 1),
+                             "ack_p50_ms": acks["p50"], "ack_p99_ms": acks["p99"], "onshare_p50_ms": s["p50"],
+                             "onshare_p90_ms": s["p90"], "onshare_p99_ms": s["p99"], "onshare_max_ms": s["max"]})  # fmt: skip
+        if rate == run.sizes.scan_rate:
+            section.check(f"scan → on-share p99 ≤ 250 ms at {rate:.0f} shares/s", s["p99"] <= 250,
+                          f"p99 {s['p99']} ms (sending {res.count} shares took {res.elapsed_s:.0f} s)")  # fmt: skip
     checks.numbering(stack, section)
 
 

@@ -58,6 +58,7 @@ class ClientFleet:
             )
         self.connected = self.failed = 0
         self.connect_s = 0.0
+        self.reasons: dict[str, int] = {}
 
     async def ready(self) -> None:
         for p in self.procs:
@@ -82,6 +83,8 @@ class ClientFleet:
         for out in self.outs:
             data = orjson.loads(out.read_bytes())
             dropped += int(data["dropped"])
+            for reason, count in data["reasons"].items():
+                self.reasons[reason] = self.reasons.get(reason, 0) + int(count)
             boards += [[(str(a), float(b)) for a, b in calls] for calls in data["boards"]]
             status += data["status"]
             out.unlink()
@@ -137,7 +140,7 @@ async def clients_round(stack: Stack, run: Run, headers: dict[str, str], n: int,
             "connect_s": round(fleet.connect_s, 1), "calls": len(sent), "board_events": len(board_lat),
             "board_missing": expected - len(board_lat), "board_p50_ms": b["p50"], "board_p90_ms": b["p90"],
             "board_p99_ms": b["p99"], "status_events": len(status_lat), "status_p50_ms": s["p50"],
-            "status_p99_ms": s["p99"], "dropped": dropped}  # fmt: skip
+            "status_p99_ms": s["p99"], "dropped": dropped, "failures": fleet.reasons or None}  # fmt: skip
 
 
 async def run_sse(run: Run, section: Section) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ class Client:
         self.updates: list[float] = []  # status page: arrival of each status event
         self.failed = False
         self.dropped = False
+        self.reason = ""
 
 
 async def _chunk(reader: asyncio.StreamReader) -> bytes:
@@ -45,10 +47,12 @@ async def follow(
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
         if head[9:12] != b"200":
             client.failed = True
+            client.reason = "HTTP " + head[9:12].decode()
             client.ready.set()
             return
-    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
         client.failed = True
+        client.reason = type(exc).__name__
         client.ready.set()
         return
     buf = b""
@@ -73,8 +77,9 @@ async def follow(
                     client.calls.append((str(orjson.loads(data)["label"]), now))
                 elif event == b"status":
                     client.updates.append(now)
-    except (OSError, asyncio.IncompleteReadError, EOFError, ValueError):
+    except (OSError, asyncio.IncompleteReadError, EOFError, ValueError) as exc:
         client.dropped = True
+        client.reason = "dropped: " + type(exc).__name__
         client.ready.set()
     finally:
         writer.close()
@@ -99,7 +104,8 @@ async def main() -> None:
         await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), READY_TIMEOUT_S)
     except TimeoutError:
         for c in clients:
-            c.failed = c.failed or not c.ready.is_set()
+            if not c.ready.is_set():
+                c.failed, c.reason = True, "no first event in time"
     failed = sum(1 for c in clients if c.failed or c.dropped)
     recording.set()
     print(f"ready {len(clients) - failed} {failed} {time.perf_counter() - started:.2f}", flush=True)
@@ -112,6 +118,7 @@ async def main() -> None:
         "status": [c.updates for c in clients if "/status/" in c.path and not c.failed],
         "failed": sum(1 for c in clients if c.failed),
         "dropped": sum(1 for c in clients if c.dropped),
+        "reasons": dict(Counter(c.reason for c in clients if c.reason)),
     }
     await asyncio.to_thread(Path(ns.out).write_bytes, orjson.dumps(out))
 
