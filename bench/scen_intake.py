@@ -116,7 +116,7 @@ async def profile_intake(run: Run, section: Section) -> Path | None:
     requests, ids = stack.share_requests(int(4000 * (seconds + 3)), "prof")
     cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
            "--format", "raw", "--nonblocking", "--output", str(out)]  # fmt: skip
-    run.commands.append(" ".join(cmd[:4]) + " <worker pid> " + " ".join(cmd[5:-1]) + " share-path.collapsed")
+    run.commands.append(" ".join([*cmd[:3], "<worker pid>", *cmd[4:-1], "share-path.collapsed"]))
     spy = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = await drive(stack.service.url, requests, concurrency=CLOSED_CONCURRENCY, duration_s=seconds + 1.5)
     await asyncio.wait_for(spy.wait(), 60)

@@ -43,7 +43,7 @@ class ClientFleet:
     """SSE client processes: spawn, wait until every client has its first event, stop and collect."""
 
     def __init__(self, stack: Stack, run: Run, n: int, status_ids: list[str], tag: str) -> None:
-        n_status = int(n * STATUS_SHARE)
+        n_status = int(n * STATUS_SHARE) if status_ids else 0
         n_boards = n - n_status
         per = [n_boards // PROCESSES + (1 if i < n_boards % PROCESSES else 0) for i in range(PROCESSES)]
         status_ids = (status_ids * (n_status // max(1, len(status_ids)) + 1))[:n_status]
