@@ -31,6 +31,7 @@ from token_service.api.schemas import LoginIn
 from token_service.auth import Principal
 from token_service.directory import FacilityConfig
 from token_service.errors import NotFound, Unauthorized
+from token_service.ratelimit import RateLimited
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 router = APIRouter(include_in_schema=False)
@@ -59,7 +60,10 @@ class CsrfGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in _UNSAFE and scope["path"].startswith("/api/"):
             headers = {k: v for k, v in scope["headers"]}
-            if b"authorization" not in headers and scope["path"] not in _CSRF_EXEMPT:
+            # Only a Bearer token exempts: browsers attach cached Basic credentials (of a proxy, say)
+            # to cross-site posts on their own, and then the session cookie is what authenticates.
+            bearer = headers.get(b"authorization", b"")[:7].lower() == b"bearer "
+            if not bearer and scope["path"] not in _CSRF_EXEMPT:
                 cookies = _cookies(scope)
                 if SESSION_COOKIE in cookies:
                     sent = headers.get(CSRF_HEADER.encode(), b"").decode("latin-1")
@@ -152,6 +156,10 @@ async def login_submit(request: Request) -> Response:
     carrier = Response()
     try:
         result = await auth_api.login(body, carrier, state)
+    except RateLimited as exc:
+        response = again(t("login.error_locked"), 429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except Unauthorized:
         return again(t("login.error_wrong"), 401)
     role = result["user"]["role"]

@@ -70,12 +70,13 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     too_big = True
-                    raise OpdError("body too large")
+                    # FastAPI turns any other exception raised while reading a body into a 400.
+                    raise StarletteHTTPException(413, f"request body over {self.limit} bytes")
             return message
 
         try:
             await self.app(scope, limited, send)
-        except OpdError:
+        except StarletteHTTPException:
             if not too_big:
                 raise
             await self._reject(send)
@@ -255,6 +256,7 @@ def install_error_handlers(app: FastAPI) -> None:
             405: "method_not_allowed",
             401: "unauthorized",
             403: "forbidden",
+            413: "payload_too_large",
         }
         return JSONResponse(
             error_body(codes.get(exc.status_code, "http_error"), exc.detail),

@@ -79,7 +79,9 @@ class Principal:
 
 def issue_session(secret: str, user_id: int, username: str, ttl_s: int) -> str:
     now = int(time.time())
-    claims = {"sub": str(user_id), "usr": username, "iat": now, "exp": now + ttl_s, "typ": "session"}
+    # jti: every login mints a distinct token, even two in the same second (no reuse, no fixation).
+    claims = {"sub": str(user_id), "usr": username, "iat": now, "exp": now + ttl_s, "typ": "session",
+              "jti": secrets.token_urlsafe(12)}  # fmt: skip
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

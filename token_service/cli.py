@@ -314,6 +314,7 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
     config = uvicorn.Config(
         "token_service.app:create_app", factory=True, workers=workers, log_level="info",
         timeout_keep_alive=30, access_log=False, proxy_headers=False,
+        http="token_service.security:BoundedHttpToolsProtocol",
     )  # fmt: skip
     typer.echo(f"OPD token service on http://{host}:{port}  (docs: /docs, health: /readyz)")
     try:

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     onshare_deadline_seconds: float = 25.0
     board_public: bool = True
+    # Requests per minute, 0 turns one off: per client address for the status page and its API, per kiosk
+    # device for walk-in issue (token_service.ratelimit). Login lockouts are fixed.
+    rate_limit_status_per_minute: int = Field(default=300, ge=0)
+    rate_limit_issue_per_minute: int = Field(default=30, ge=0)
+    # Days after which the daily job clears patients' personal data from tokens; 0 turns the job off.
+    retention_days: int = Field(default=90, ge=0)
 
     @property
     def jwks_url(self) -> str:

@@ -184,9 +184,6 @@ def test_unauthenticated_share_is_refused_before_its_body(
     _alive(proc)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BodyLimit raises OpdError inside receive(); FastAPI turns it into a 400"
-)
 def test_chunked_oversized_body_is_413(service: tuple[ServiceProc, dict[str, str]]) -> None:
     proc, admin = service
     r = httpx.post(proc.url + f"/api/facilities/{HIP}/counters/OPD1/tokens", content=_chunks(), timeout=30,
@@ -220,9 +217,6 @@ def test_huge_and_many_headers_are_refused_without_a_crash(
     _alive(proc)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="opd-token serve uses plain httptools; needs http=BoundedHttpToolsProtocol"
-)
 def test_opd_token_serve_bounds_the_request_head(tmp_path: Path, redis_proc: RedisProc) -> None:
     settings = make_settings(tmp_path, redis_proc.url.removesuffix("/0") + "/4")
     seed(settings)

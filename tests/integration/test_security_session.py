@@ -96,9 +96,6 @@ async def test_csrf_on_cookie_writes_bearer_exempt(tmp_path: Path, redis_url: st
         assert "opd_session" not in r.headers.get("set-cookie", "")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="CsrfGuard exempts any Authorization header, deps falls back to the cookie"
-)
 async def test_csrf_not_skipped_by_a_non_bearer_authorization_header(tmp_path: Path, redis_url: str) -> None:
     """Browsers attach cached HTTP Basic credentials (e.g. of a proxy) to cross-site posts by themselves."""
     settings = make_settings(tmp_path, redis_url)
@@ -196,9 +193,6 @@ async def test_audit_is_append_only_and_names_the_actor(tmp_path: Path, redis_ur
     assert len(items) == len(rows) and AuditLog.__tablename__ == "audit_log"
 
 
-@pytest.mark.xfail(
-    strict=False, reason="issue_session has no per-login nonce: two logins in one second match"
-)
 async def test_every_login_issues_a_distinct_token(tmp_path: Path, redis_url: str) -> None:
     from token_service.auth import issue_session
 
@@ -220,9 +214,6 @@ async def test_form_and_api_logins_share_one_lockout(tmp_path: Path, redis_url: 
         assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the login form handler catches Unauthorized only; 429 comes back as JSON"
-)
 async def test_locked_login_form_renders_a_page_with_retry_after(tmp_path: Path, redis_url: str) -> None:
     settings = make_settings(tmp_path, redis_url)
     seed(settings)

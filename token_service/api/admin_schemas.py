@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from token_service.api.schemas import CODE
 
@@ -16,6 +16,8 @@ PREFIX = r"^[A-Za-z0-9-]{0,8}$"
 USERNAME = r"^[A-Za-z0-9._@-]{1,64}$"
 DEVICE_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 Names = dict[Lang, str]
+# SQLite hands back naive datetimes (all stored in UTC); RFC 3339 date-times need the offset.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 
 
 class Strict(BaseModel):
@@ -164,7 +166,7 @@ class UserOut(BaseModel):
     role: str
     counters: list[str]
     active: bool
-    created_at: datetime | None
+    created_at: UtcDatetime | None
 
 
 class PasswordOut(BaseModel):
@@ -183,8 +185,8 @@ class DeviceOut(BaseModel):
     kind: str
     printer: str | None
     active: bool
-    created_at: datetime | None
-    last_seen_at: datetime | None
+    created_at: UtcDatetime | None
+    last_seen_at: UtcDatetime | None
 
 
 class DeviceCreated(DeviceOut):
@@ -193,7 +195,7 @@ class DeviceCreated(DeviceOut):
 
 class AuditOut(BaseModel):
     id: int
-    at: datetime
+    at: UtcDatetime
     actor: str
     action: str
     target: str | None

@@ -86,7 +86,11 @@ def fhir_patient(patient: dict[str, Any], resource_id: str | None = None) -> dic
     return resource
 
 
-@router.get("/{token_id}/fhir-patient")
+@router.get(
+    "/{token_id}/fhir-patient",
+    response_class=JSONResponse,
+    responses={200: {"content": {"application/fhir+json": {}}, "description": "a FHIR R4 Patient"}},
+)
 async def token_fhir_patient(token_id: TokenId, principal: StaffDep, state: StateDep) -> JSONResponse:
     token = await state.queue.get(token_id)
     principal.require_counter(token.hip_id, token.counter)

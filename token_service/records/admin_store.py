@@ -81,6 +81,10 @@ class AdminStore:
 
     async def update_facility(self, patch: s.FacilityPatch) -> dict[str, Any]:
         values: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude={"use_default_validity"})
+        # An explicit null would reach NOT NULL columns (a 500); only validity_seconds may be cleared.
+        nulls = sorted(k for k, v in values.items() if v is None and k != "validity_seconds")
+        if nulls:
+            raise Unprocessable(f"{', '.join(nulls)} cannot be null", code="invalid_body")
         if patch.timezone is not None:
             try:
                 s.valid_timezone(patch.timezone)
@@ -141,7 +145,7 @@ class AdminStore:
             if "en" not in patch.names:
                 raise Unprocessable("the counter needs an English name (names.en)", code="name_required")
             values["name"] = patch.names["en"]
-        for key in ("prefix", "department", "active"):
+        for key in ("names", "prefix", "department", "active"):
             if key in values and values[key] is None:
                 raise Unprocessable(f"{key} cannot be null", code="invalid_body")
         async with self.engine.begin() as conn:
