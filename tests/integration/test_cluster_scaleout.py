@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_faults_redis import Call, load, sessions, sql_rows, wait_recorded
+from tests.integration.test_faults_redis import (
+    UNTHROTTLED,
+    Call,
+    load,
+    sessions,
+    sql_rows,
+    until_issued,
+    wait_recorded,
+)
 from tests.integration.test_sandbox_server import ServerThread
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.pgserver import PgServer, pg_bindir
@@ -42,7 +50,7 @@ def test_two_services_one_redis_one_postgres(tmp_path: Path, pg: PgServer) -> No
         with ServerThread(create_sandbox_app(state)) as gw_server:
             settings = make_settings(tmp_path, rproc.url, pg.url, abdm_gateway_url=gw_server.url)
             seed(settings)
-            services = [ServiceProc(settings, workers=2), ServiceProc(settings, workers=2)]
+            services = [ServiceProc(settings, workers=2, env_extra=UNTHROTTLED) for _ in range(2)]
             services[0].start()  # migrates first; the second then starts on a ready schema
             services[1].start()
 
@@ -63,8 +71,7 @@ def test_two_services_one_redis_one_postgres(tmp_path: Path, pg: PgServer) -> No
                     shares += await asyncio.gather(
                         *(post_share_with_id(state, s.url, rid, f"dup{i}@sbx") for s in services)
                     )
-                while sum(c.status == 201 for c in calls) < TARGET and time.monotonic() < stop:
-                    await asyncio.sleep(0.05)
+                await until_issued(calls, TARGET, within_s=stop - time.monotonic())
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -72,6 +79,7 @@ def test_two_services_one_redis_one_postgres(tmp_path: Path, pg: PgServer) -> No
 
             dup_ids: list[str] = []
             calls, shares = asyncio.run(scenario())
+            wait_recorded(rproc.url)  # while the services' recorders still run
     finally:
         for s in services:
             s.stop()
@@ -87,7 +95,6 @@ def test_two_services_one_redis_one_postgres(tmp_path: Path, pg: PgServer) -> No
             assert len(numbers) == len(set(numbers)), f"{counter}: a number was given twice"
         called = [c.body["id"] for c in calls if c.op == "call" and c.status == 200]
         assert len(called) == len(set(called)), "a token was called by two desks"
-        wait_recorded(rproc.url)
         # SQL holds every number once and without gaps, whichever process allocated it.
         rows = sql_rows(settings.sqlalchemy_url,
                         f"SELECT origin_counter, number FROM token WHERE hip_id = '{HIP}' ORDER BY number")  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.test_faults_redis import (
     CLIENTS,
+    UNTHROTTLED,
     Call,
     assert_acknowledged_kept,
     load,
@@ -59,7 +60,7 @@ def test_service_sigkill_under_load_resumes_outbox_and_print_jobs(
     try:
         settings = make_settings(tmp_path, rproc.url, abdm_gateway_url=gw_url)
         s = seed(settings)
-        svc = ServiceProc(settings, workers=3).start()
+        svc = ServiceProc(settings, workers=3, env_extra=UNTHROTTLED).start()
         admin = login_headers(svc.url)
         printer = {"Authorization": f"Bearer {s.devices['printer1']}"}
         # Print jobs queued, not yet taken by the agent.
