@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -108,14 +108,14 @@ async def build_state(settings: Settings, clock: Clock) -> AppState:
     if not redis_url:
         embedded = EmbeddedRedis(settings.data_dir).start()
         redis_url = embedded.url
-    # A pooled connection that died with a Redis restart is retried once on a fresh connection, so the
-    # first request after recovery succeeds; a Redis that is really down still fails in milliseconds
-    # (connection refused), which the handlers turn into 503.
-    retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=2)
+    # A pooled connection that died with a Redis restart is retried once, at once, on a fresh connection,
+    # so the first request after recovery succeeds. No backoff and no second retry: while Redis is down a
+    # reconnect is refused in a millisecond, and each retry would only delay the 503 (every request
+    # makes two or three Redis calls). Timeouts are not retried: a hung Redis would double the wait.
+    retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
     redis = redis_client(
         redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0,
         health_check_interval=15, max_connections=512, retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )  # fmt: skip
     if isinstance(redis, RedisCluster):
         # Load the slot map before requests race for the client: first commands sent concurrently by
