@@ -8,11 +8,13 @@ install:            ## virtualenv with the service and its test tools
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test,embedded]"
 
+# Integration tests start real servers and browsers on a 2-core box; a test that fails is run again
+# (up to twice) so a scheduling hiccup does not fail the build. Reruns are listed in the summary.
 test:               ## the whole suite: unit, integration (real redis-server, SQLite, PostgreSQL if reachable), browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rR --reruns 2 --reruns-delay 1
 
 test-fast:          ## everything except browser tests
-	$(PY) -m pytest -q -m "not browser"
+	$(PY) -m pytest -q -rR --reruns 2 --reruns-delay 1 -m "not browser"
 
 lint:
 	$(PY) -m ruff check token_service kiosk_ui printer
