@@ -17,6 +17,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError as SqlInterfaceError
+from sqlalchemy.exc import OperationalError as SqlOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -268,6 +270,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body("unavailable", "queue store unavailable, retry shortly"), 503)
+
+    # Registered by class (not under the catch-all below): Starlette answers these in its exception
+    # middleware, whereas the catch-all runs in the outermost error middleware, which re-raises after
+    # answering, and the server then drops the keep-alive connection the client will reuse.
+    @app.exception_handler(SqlOperationalError)
+    @app.exception_handler(SqlInterfaceError)
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body("unavailable", "database unavailable, retry shortly"), 503)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

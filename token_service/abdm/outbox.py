@@ -20,10 +20,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prometheus_client import Counter as PromCounter
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -184,13 +185,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
         # tie up the pool's read-timeout machinery that the queue's short commands rely on.
-        pool = redis.connection_pool
-        kwargs = {**pool.connection_kwargs, "socket_timeout": MAX_IDLE_WAIT_S + 5}
-        self._waiter: Redis = Redis(
-            connection_pool=ConnectionPool(
-                connection_class=pool.connection_class, max_connections=2, **kwargs
-            )
-        )
+        self._waiter: Redis = _blocking_client(redis, MAX_IDLE_WAIT_S + 5)
 
     # ---- intake side ----
 
@@ -243,7 +238,10 @@ class Outbox:
             _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
             for task in pending:
                 await _cancel(task)
-        await self._waiter.aclose(close_connection_pool=True)
+        if isinstance(self._waiter, RedisCluster):
+            await self._waiter.aclose()
+        else:
+            await self._waiter.aclose(close_connection_pool=True)
 
     async def run(self) -> None:
         next_sweep = 0.0
@@ -416,7 +414,14 @@ class Outbox:
             if not await self.redis.exists(lease_key(on_share_id)):
                 await self._finish(on_share_id, "failed", "deadline passed before delivery")
         queued = 0
-        if live:
+        if live and isinstance(self.redis, RedisCluster):
+            # Cluster pipelines refuse scripts; these are the few rows nobody holds, one call each.
+            for on_share_id in live:
+                found = await self._requeue(
+                    keys=[DUE_KEY, lease_key(on_share_id)], args=[on_share_id, _now_ms()]
+                )
+                queued += int(found)
+        elif live:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for on_share_id in live:
                     await self._requeue(
@@ -427,6 +432,23 @@ class Outbox:
             log.info("on-share outbox: queued %d pending on-shares found in SQL", queued)
             await self.redis.lpush(WAKE_KEY, "1")
         return queued
+
+
+def _blocking_client(redis: Redis, socket_timeout: float) -> Redis:
+    """A second client with its own connections and a read timeout longer than a blocking wait."""
+    if isinstance(redis, RedisCluster):
+        # The cluster's connection kwargs carry client internals; pass on only what a connection needs.
+        base = redis.get_connection_kwargs()
+        kept = ("username", "password", "decode_responses", "socket_connect_timeout")
+        kwargs = {k: base[k] for k in kept if base.get(k) is not None}
+        nodes = [ClusterNode(n.host, n.port) for n in redis.nodes_manager.startup_nodes.values()]
+        client = RedisCluster(startup_nodes=nodes, max_connections=2, socket_timeout=socket_timeout, **kwargs)
+        return cast(Redis, client)
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": socket_timeout}
+    return Redis(
+        connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=2, **kwargs)
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
