@@ -59,8 +59,30 @@ def token_row(t: Token) -> dict[str, Any]:
     }
 
 
-def _insert(conn: AsyncConnection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+_STATEMENTS: dict[tuple[str, str], Any] = {}
+
+
+def _statement(dialect: str, kind: str) -> Any:
+    """Upsert/insert statements built once per dialect and executed with parameter lists.
+
+    Building `insert().values([...]).on_conflict_do_update(...)` per call recompiled the statement and
+    re-created the `excluded` alias of the 25-column table every time: most of the write-through's CPU.
+    """
+    key = (dialect, kind)
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        if kind == "token":
+            ins = insert(TOKEN)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["id"],
+                set_={c: ins.excluded[c] for c in _MUTABLE},
+                where=TOKEN.c.version < ins.excluded.version,
+            )
+        else:
+            stmt = insert(EVENT).on_conflict_do_nothing(index_elements=["hip_id", "stream_id"])
+        _STATEMENTS[key] = stmt
+    return stmt
 
 
 async def upsert_tokens(conn: AsyncConnection, tokens: Sequence[Token]) -> None:
@@ -71,13 +93,9 @@ async def upsert_tokens(conn: AsyncConnection, tokens: Sequence[Token]) -> None:
             newest[t.id] = t
     if not newest:
         return
-    stmt = _insert(conn)(TOKEN).values([token_row(t) for t in newest.values()])
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["id"],
-        set_={c: stmt.excluded[c] for c in _MUTABLE},
-        where=TOKEN.c.version < stmt.excluded.version,
-    )
-    await conn.execute(stmt)
+    # Rows in id order: two workers upserting overlapping tokens then lock them in the same order.
+    rows = [token_row(newest[i]) for i in sorted(newest)]
+    await conn.execute(_statement(conn.dialect.name, "token"), rows)
 
 
 async def attach_patient(conn: AsyncConnection, token_id: str, patient: dict[str, Any]) -> None:
@@ -91,8 +109,7 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
     """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
     if not rows:
         return
-    stmt = _insert(conn)(EVENT).values(list(rows))
-    await conn.execute(stmt.on_conflict_do_nothing(index_elements=["hip_id", "stream_id"]))
+    await conn.execute(_statement(conn.dialect.name, "event"), list(rows))
 
 
 def event_row(hip_id: str, stream_id: str, kind: str, at_ms: int, desk: str, t: Token) -> dict[str, Any]:
