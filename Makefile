@@ -25,6 +25,13 @@ typecheck:
 
 check: lint typecheck
 
+bench-smoke:        ## every benchmark scenario at tiny sizes (~40 s); CI runs it via tests/integration/test_bench_smoke.py
+	$(PY) -m bench --smoke
+
+bench:              ## full benchmark (~20 min: 2 workers, PostgreSQL if reachable, 10-min soak) -> bench/RESULTS.md
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m bench --workers 2 --soak-minutes 10
+
 serve:
 	.venv/bin/opd-token serve
 
