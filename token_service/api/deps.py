@@ -17,7 +17,7 @@ SESSION_COOKIE = "opd_session"
 _PRINCIPAL_TTL_S = 5.0  # a deactivated user or revoked device is locked out within seconds
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.opd
     return state
 
