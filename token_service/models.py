@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Index, Integer, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -15,6 +15,11 @@ def utcnow() -> datetime:
 
 def _ts(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def _flag() -> Any:
+    """A boolean setting that is off unless an admin turns it on (also for rows older than the column)."""
+    return Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=false()))
 
 
 class Facility(SQLModel, table=True):
@@ -30,6 +35,10 @@ class Facility(SQLModel, table=True):
     ageing_seconds: int = 2700
     skip_places: int = 3
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    # Board: show masked patient names ("R**** K****") next to called numbers; read it only with a board
+    # device token (or staff login), even while OPD_BOARD_PUBLIC is on.
+    board_names: bool = _flag()
+    board_requires_device: bool = _flag()
 
 
 class Counter(SQLModel, table=True):

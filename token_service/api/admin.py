@@ -19,6 +19,7 @@ from token_service.api.admin_schemas import (
     FacilityPatch,
 )
 from token_service.api.deps import AdminDep, StateDep
+from token_service.api.live import announce_config
 from token_service.api.schemas import CODE
 from token_service.records import admin_store
 
@@ -35,13 +36,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix=PREFIX, tags=["admin"], responses=ERRORS)
 
 
-def facility_out(row: Any, default_validity: int) -> FacilityOut:
+def facility_out(row: Any, default_validity: int, boards_public: bool) -> FacilityOut:
     return FacilityOut(
         hip_id=row.hip_id, name=row.name, names=row.names or {}, timezone=row.timezone,
         validity_seconds=row.validity_seconds,
         effective_validity_seconds=row.validity_seconds or default_validity,
         priority_ratio=row.priority_ratio, ageing_seconds=row.ageing_seconds, skip_places=row.skip_places,
-        languages=row.languages or [],
+        languages=row.languages or [], board_names=bool(row.board_names),
+        board_requires_device=bool(row.board_requires_device),
+        board_public=boards_public and not row.board_requires_device,
     )  # fmt: skip
 
 
@@ -61,18 +64,21 @@ async def get_settings(hip_id: HipId, principal: AdminDep, state: StateDep) -> F
     await admit(principal, state, hip_id)
     async with state.engine.connect() as conn:
         row = await admin_store.facility(conn, hip_id)
-    return facility_out(row, state.settings.token_validity_seconds)
+    return facility_out(row, state.settings.token_validity_seconds, state.settings.board_public)
 
 
 @router.patch("/settings", response_model=FacilityOut)
 async def patch_settings(
     hip_id: HipId, body: FacilityPatch, principal: AdminDep, state: StateDep
 ) -> FacilityOut:
-    """Change facility settings; only the fields sent change. The queue sees them at once in this process."""
+    """Change facility settings; only the fields sent change. Every worker sees them at once (the queue,
+    and boards: names appear or vanish, and open boards without a device token are closed when
+    `board_requires_device` is turned on)."""
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.update_facility(body)
     state.directory.invalidate(hip_id)
-    return facility_out(_Row(row), state.settings.token_validity_seconds)
+    await announce_config(state, hip_id)
+    return facility_out(_Row(row), state.settings.token_validity_seconds, state.settings.board_public)
 
 
 class _Row:
@@ -96,6 +102,7 @@ async def create_counter(hip_id: HipId, body: CounterIn, principal: AdminDep, st
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.create_counter(body)
     state.directory.invalidate(hip_id)
+    await announce_config(state, hip_id)
     return counter_out(row)
 
 
@@ -107,6 +114,7 @@ async def patch_counter(
     admin = await admin_store_for(principal, state, hip_id)
     await admin.update_counter(code, body)
     state.directory.invalidate(hip_id)
+    await announce_config(state, hip_id)
     async with state.engine.connect() as conn:
         rows = await admin_store.counters(conn, hip_id)
     return counter_out(next(r for r in rows if r["code"] == code))
@@ -126,6 +134,7 @@ async def create_desk(hip_id: HipId, body: DeskIn, principal: AdminDep, state: S
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.create_desk(body)
     state.directory.invalidate(hip_id)
+    await announce_config(state, hip_id)
     return desk_out(row)
 
 
@@ -136,6 +145,7 @@ async def patch_desk(
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.update_desk(code, body)
     state.directory.invalidate(hip_id)
+    await announce_config(state, hip_id)
     return desk_out(row)
 
 

@@ -60,6 +60,13 @@ class FacilityPatch(Strict):
     ageing_seconds: int | None = Field(default=None, ge=60, le=24 * 3600)
     skip_places: int | None = Field(default=None, ge=1, le=50)
     languages: list[Lang] | None = Field(default=None, min_length=1, max_length=3)
+    board_names: bool | None = Field(
+        default=None, description='show masked names ("R**** K****") on the board'
+    )
+    board_requires_device: bool | None = Field(
+        default=None,
+        description="the board needs a board device token (or staff login), even when boards are public",
+    )
 
     _trim = field_validator("names")(_names)
 
@@ -82,6 +89,11 @@ class FacilityOut(BaseModel):
     ageing_seconds: int
     skip_places: int
     languages: list[str]
+    board_names: bool
+    board_requires_device: bool
+    board_public: bool = Field(
+        description="whether the board is readable without credentials now (OPD_BOARD_PUBLIC and not board_requires_device)"
+    )
 
 
 class CounterIn(Strict):

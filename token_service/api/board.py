@@ -26,15 +26,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from token_service.api import deps
 from token_service.api.live import (
     CALL_KINDS,
-    CallEntry,
     LiveHub,
     Snapshot,
-    dumps,
     hub_of,
+    sse_bytes,
     start_hub,
     stop_hub,
     to_ms,
 )
+from token_service.auth import Principal
 from token_service.clock import local_day
 from token_service.directory import FacilityConfig
 from token_service.errors import Forbidden, NotFound, Unauthorized
@@ -57,14 +57,27 @@ _SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 # ---- access and filters
 
 
+def board_is_public(state: AppState, cfg: FacilityConfig) -> bool:
+    """Readable without credentials: OPD_BOARD_PUBLIC is on and the facility does not require a device."""
+    return state.settings.board_public and not cfg.facility.board_requires_device
+
+
 async def board_access(request: Request, state: AppState, hip_id: str) -> FacilityConfig:
-    """Public by default; with `board_public` off, a board device or staff of the facility only.
+    """Public by default; otherwise (OPD_BOARD_PUBLIC off, or the facility's `board_requires_device` on)
+    a board device of the facility or its staff only.
 
     EventSource cannot send headers, so a board device may pass its token as ``?token=``.
     """
+    return (await board_principal(request, state, hip_id))[0]
+
+
+async def board_principal(
+    request: Request, state: AppState, hip_id: str
+) -> tuple[FacilityConfig, Principal | None]:
+    """The facility and who reads its board (None: an anonymous reader of a public board)."""
     cfg = await state.directory.get(hip_id)
-    if state.settings.board_public:
-        return cfg
+    if board_is_public(state, cfg):
+        return cfg, None
     principal = await deps.optional_principal(request, state)
     query_token = request.query_params.get("token")
     if principal is None and query_token:
@@ -74,7 +87,7 @@ async def board_access(request: Request, state: AppState, hip_id: str) -> Facili
     principal.require_facility(hip_id)
     if principal.role not in ("board", "admin", "clerk"):
         raise Forbidden("only boards and staff read the board")
-    return cfg
+    return cfg, principal
 
 
 def counter_filter(
@@ -105,9 +118,7 @@ def facility_info(cfg: FacilityConfig) -> dict[str, Any]:
             "timezone": f.timezone, "counters": counters}  # fmt: skip
 
 
-def call_body(msg_token: Token, desk: str, at_ms: int, recall: bool, snap: Snapshot | None) -> dict[str, Any]:
-    names = snap.desk_names if snap else {}
-    return CallEntry.of(msg_token, desk, at_ms, recall).public(names)
+_OFFLINE = sse_bytes("offline", {})
 
 
 # ---- board
@@ -131,11 +142,11 @@ async def board_events(
     counters: Annotated[str | None, Query(max_length=400)] = None,
     department: Annotated[str | None, Query(max_length=200)] = None,
 ) -> EventSourceResponse:  # fmt: skip
-    cfg = await board_access(request, state, hip_id)
+    cfg, principal = await board_principal(request, state, hip_id)
     only = counter_filter(cfg, counters, department)
     hub = hub_of(state)
     await hub.snapshot(hip_id)  # fail with 503 now rather than inside the stream
-    return _stream(_board_stream(hub, hip_id, only))
+    return _stream(_board_stream(hub, hip_id, only, anonymous=principal is None))
 
 
 async def _fresh_snapshot(hub: LiveHub, hip_id: str) -> Snapshot | None:
@@ -156,39 +167,44 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(data="{}", event="ping")
 
 
-def _stream(content: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+def _stream(content: AsyncIterator[bytes]) -> EventSourceResponse:
     return EventSourceResponse(content, ping=PING_S, ping_message_factory=_ping, headers=_SSE_HEADERS)
 
 
-def _sse(event: str, data: Any, ident: int | None = None) -> ServerSentEvent:
-    return ServerSentEvent(data=dumps(data), event=event, id=str(ident) if ident is not None else None)
-
-
 async def _board_stream(
-    hub: LiveHub, hip_id: str, only: frozenset[str] | None
-) -> AsyncIterator[ServerSentEvent]:
-    async with hub.listen(hip_id) as listener:
+    hub: LiveHub, hip_id: str, only: frozenset[str] | None, anonymous: bool = True
+) -> AsyncIterator[bytes]:
+    """Every item is bytes encoded once per worker and shared by all listeners with the same filter."""
+    async with hub.listen(hip_id, calls_only=True, counters=only) as listener:
         snap = await _fresh_snapshot(hub, hip_id)
         if snap is None:
             return
-        yield _sse("snapshot", snap.public(only), snap.version)
+        yield snap.sse("snapshot", only)
         while True:
             msg = await listener.get()
             if msg.kind == "event" and msg.token is not None and msg.event in CALL_KINDS:
                 if only is None or msg.token.counter in only:
-                    body = call_body(msg.token, msg.desk, msg.at_ms, msg.event == "recalled", snap)
-                    yield _sse("call", body)
+                    yield msg.call_sse(snap)
             elif msg.kind == "update" and msg.snapshot is not None:
                 snap = msg.snapshot
-                yield _sse("update", snap.public(only), snap.version)
+                yield snap.sse("update", only)
             elif msg.kind == "offline":
-                yield _sse("offline", {})
+                yield _OFFLINE
             elif msg.kind == "resync":
                 fresh = await _fresh_snapshot(hub, hip_id)
                 if fresh is None:
                     return
                 snap = fresh
-                yield _sse("snapshot", snap.public(only), snap.version)
+                yield snap.sse("snapshot", only)
+            elif msg.kind == "config" and anonymous:
+                # The admin may have just required a board device token: an anonymous stream ends (the
+                # page reconnects and is refused) instead of showing the board until the next restart.
+                try:
+                    still_public = board_is_public(hub.state, await hub.state.directory.get(hip_id))
+                except Exception:
+                    continue
+                if not still_public:
+                    return
             elif msg.kind == "closed":
                 return
 
@@ -276,6 +292,16 @@ def lookup_of(state: AppState) -> StatusLookup:
     return found
 
 
+async def status_event(state: AppState, token: Token, snap: Snapshot) -> tuple[dict[str, Any], bytes]:
+    """The status body and its SSE bytes, built once per (token version, snapshot) in this worker."""
+    key = (token.id, token.version)
+    hit = snap.status_cache.get(key)
+    if hit is None:
+        body = await status_body(state, token, snap)
+        hit = snap.status_cache.setdefault(key, (body, sse_bytes("status", body)))
+    return hit
+
+
 async def status_body(state: AppState, token: Token, snap: Snapshot) -> dict[str, Any]:
     cfg = await state.directory.get(token.hip_id)
     counter = cfg.counters.get(token.counter)
@@ -314,13 +340,13 @@ async def token_status_events(public_id: PublicId, state: deps.StateDep) -> Even
     return _stream(_status_stream(state, hub, token))
 
 
-async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIterator[ServerSentEvent]:
-    async with hub.listen(token.hip_id) as listener:
+async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIterator[bytes]:
+    async with hub.listen(token.hip_id, token_id=token.id) as listener:
         snap = await _fresh_snapshot(hub, token.hip_id)
         if snap is None:
             return
-        last = await status_body(state, token, snap)
-        yield _sse("status", last)
+        _, last = await status_event(state, token, snap)
+        yield last
         while True:
             msg = await listener.get()
             if msg.kind == "event" and msg.token is not None and msg.token.id == token.id:
@@ -329,7 +355,7 @@ async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIt
                 snap = msg.snapshot
             elif msg.kind in ("resync", "offline"):
                 if msg.kind == "offline":
-                    yield _sse("offline", {})
+                    yield _OFFLINE
                     continue
                 fresh = await _fresh_snapshot(hub, token.hip_id)
                 if fresh is None:
@@ -340,10 +366,10 @@ async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIt
                 return
             else:
                 continue
-            body = await status_body(state, token, snap)
-            if body != last:
-                last = body
-                yield _sse("status", body)
+            _, encoded = await status_event(state, token, snap)
+            if encoded != last:  # same bytes as last time: nothing the page shows has changed
+                last = encoded
+                yield encoded
 
 
 def _end_streams_on_exit(hub: LiveHub) -> list[tuple[int, Any]]:
@@ -390,4 +416,4 @@ def install(app: FastAPI) -> None:
     app.state.shutdown_hooks.append(_stop)
 
 
-__all__ = ["board_access", "install", "status_body"]
+__all__ = ["board_access", "board_is_public", "install", "status_body", "status_event"]

@@ -7,15 +7,25 @@ After an event, the facility's snapshot (now serving per desk, recent calls, wai
 once — coalesced over a short window — and shared by every listener. If Redis goes away the hub backs off
 and re-subscribes; listeners are told to go offline and, once back, to resync from a fresh snapshot
 (events published while the subscription was down are lost, so a snapshot is the only safe answer).
+
+Encoding happens once per worker, not once per listener: a snapshot memoises its JSON body and its SSE
+bytes per counter filter, its waiting positions as one id -> index map, and status bodies per token
+version; a call event memoises its SSE bytes per snapshot. Every listener then writes the same bytes.
+
+An admin's facility change is announced on the same channel (`CONFIG_NOTICE`): every worker drops its
+cached facility config, rebuilds the board snapshot (masked names on or off) and tells its listeners, so
+boards follow the setting at once instead of after the directory's cache lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,10 +37,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 
 from token_service.clock import local_day
+from token_service.masking import mask_name
 from token_service.models import TokenRecord
 from token_service.queue import keys
 from token_service.queue.service import Token
 from token_service.queue.status import Status
+from token_service.records import tokens as token_sql
 from token_service.records.recorder import parse_event
 from token_service.state import AppState
 from token_service.tasks import cancel_and_wait
@@ -42,11 +54,15 @@ COALESCE_S = 0.08  # a burst of events (call-next = complete + call) rebuilds th
 RECENT_KEEP = 40
 RECENT_SHOWN = 10
 CALL_KINDS = frozenset({"called", "recalled"})
+# Published on a facility's live channel after an admin change; not a queue event (no "t" field).
+CONFIG_NOTICE = b'{"k":"config"}'
+NAMES_KEEP = 20_000  # masked names cached per worker (token id -> masked name)
+NAME_RETRY_S = 30.0  # a token without a name is looked up again after this long
 
 
 @dataclass(frozen=True)
 class CallEntry:
-    """One call-out as the board shows it: no patient data at all."""
+    """One call-out as the board shows it: no patient data, at most a masked name ("R**** K****")."""
 
     token_id: str
     label: str
@@ -55,11 +71,15 @@ class CallEntry:
     desk: str
     at_ms: int
     recall: bool = False
+    name: str = ""  # masked, and only when the facility shows names on its board
 
     def public(self, desk_names: dict[str, str]) -> dict[str, Any]:
         desk_name = desk_names.get(self.desk, self.desk)
-        return {"label": self.label, "number": self.number, "counter": self.counter, "desk": self.desk,
+        body = {"label": self.label, "number": self.number, "counter": self.counter, "desk": self.desk,
                 "desk_name": desk_name, "at": self.at_ms, "recall": self.recall}  # fmt: skip
+        if self.name:
+            body["name"] = self.name
+        return body
 
     @classmethod
     def of(cls, token: Token, desk: str, at_ms: int, recall: bool = False) -> CallEntry:
@@ -78,7 +98,12 @@ class Snapshot:
     waiting: dict[str, int]
     lines: dict[str, list[str]]
     desk_names: dict[str, str]
+    names: dict[str, str] = field(default_factory=dict)  # token id -> masked name (names on only)
     _encoded: dict[frozenset[str] | None, dict[str, Any]] = field(default_factory=dict)
+    _sse: dict[tuple[str, frozenset[str] | None], bytes] = field(default_factory=dict)
+    _positions: dict[str, tuple[str, int]] | None = None
+    # (token id, token version) -> (status body, its SSE bytes); filled by the status stream.
+    status_cache: dict[tuple[str, int], tuple[dict[str, Any], bytes]] = field(default_factory=dict)
 
     def public(self, counters: frozenset[str] | None = None) -> dict[str, Any]:
         """The JSON body for boards, optionally for some counters only (memoised per filter)."""
@@ -99,29 +124,78 @@ class Snapshot:
         self._encoded[counters] = body
         return body
 
+    def sse(self, event: str, counters: frozenset[str] | None = None) -> bytes:
+        """The whole SSE event ("snapshot" or "update") for a filter, encoded once per snapshot."""
+        key = (event, counters)
+        hit = self._sse.get(key)
+        if hit is None:
+            hit = self._sse[key] = sse_bytes(event, self.public(counters), self.version)
+        return hit
+
     def position(self, token: Token) -> int | None:
+        """Tokens ahead of a waiting token in its counter's line (one map per snapshot, O(1) per call)."""
         if token.status is not Status.WAITING:
             return None
-        try:
-            return self.lines.get(token.counter, []).index(token.id)
-        except ValueError:
+        if self._positions is None:
+            self._positions = {
+                tid: (code, i) for code, line in self.lines.items() for i, tid in enumerate(line)
+            }
+        found = self._positions.get(token.id)
+        if found is None or found[0] != token.counter:
             return None
+        return found[1]
 
 
 @dataclass(frozen=True)
 class Message:
-    kind: str  # event | update | offline | resync | closed
+    kind: str  # event | update | offline | resync | closed | config
     token: Token | None = None
     event: str = ""
     desk: str = ""
     at_ms: int = 0
     snapshot: Snapshot | None = None
+    # The encoded SSE form, shared by every listener (keyed by the snapshot version it was rendered with).
+    encoded: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+
+    def call_sse(self, snap: Snapshot | None) -> bytes:
+        """A call event as the board's SSE `call` (desk name and masked name from the snapshot)."""
+        assert self.token is not None
+        key = snap.version if snap is not None else -1
+        hit = self.encoded.get(key)
+        if hit is None:
+            names = snap.desk_names if snap else {}
+            entry = CallEntry.of(self.token, self.desk, self.at_ms, self.event == "recalled")
+            name = snap.names.get(self.token.id, "") if snap else ""
+            if name:
+                entry = dataclasses.replace(entry, name=name)
+            hit = self.encoded[key] = sse_bytes("call", entry.public(names))
+        return hit
 
 
 class Listener:
-    def __init__(self, hip_id: str) -> None:
+    """One stream's queue. A board only wakes for call events (of its counters), a status page only for
+    events of its own token; snapshots and offline/resync/closed/config notices reach everyone."""
+
+    def __init__(
+        self, hip_id: str, *, calls_only: bool = False, counters: frozenset[str] | None = None,
+        token_id: str | None = None,
+    ) -> None:  # fmt: skip
         self.hip_id = hip_id
+        self.calls_only = calls_only
+        self.counters = counters
+        self.token_id = token_id
         self.queue: asyncio.Queue[Message] = asyncio.Queue(LISTENER_QUEUE)
+
+    def wants(self, msg: Message) -> bool:
+        """Whether a queue event (kind "event") concerns this stream at all."""
+        token = msg.token
+        if token is None:
+            return False
+        if self.token_id is not None:
+            return token.id == self.token_id
+        if self.calls_only and msg.event not in CALL_KINDS:
+            return False
+        return self.counters is None or token.counter in self.counters
 
     def put(self, msg: Message) -> None:
         try:
@@ -149,6 +223,7 @@ class LiveHub:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._build_locks: dict[str, asyncio.Lock] = {}
+        self._names: dict[str, tuple[str, float]] = {}  # token id -> (masked name, looked up at)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._subscribe_loop(), name="live-subscribe"),
@@ -164,8 +239,12 @@ class LiveHub:
         self._broadcast_all(Message("closed"))
 
     @contextlib.asynccontextmanager
-    async def listen(self, hip_id: str) -> AsyncIterator[Listener]:
-        listener = Listener(hip_id)
+    async def listen(
+        self, hip_id: str, *, calls_only: bool = False, counters: frozenset[str] | None = None,
+        token_id: str | None = None,
+    ) -> AsyncIterator[Listener]:  # fmt: skip
+        """A listener of a facility's changes; the keywords narrow which queue events wake it."""
+        listener = Listener(hip_id, calls_only=calls_only, counters=counters, token_id=token_id)
         if self.closing:
             listener.put(Message("closed"))
         self.listeners.setdefault(hip_id, set()).add(listener)
@@ -223,6 +302,9 @@ class LiveHub:
 
     def _on_message(self, channel: str, data: Any) -> None:
         hip_id = channel[channel.find("{") + 1 : channel.rfind("}")]
+        if data == CONFIG_NOTICE or data == CONFIG_NOTICE.decode():
+            self._on_config(hip_id)
+            return
         try:
             kind, at_ms, desk, token = parse_event(data)
         except (ValueError, KeyError, TypeError):
@@ -233,6 +315,16 @@ class LiveHub:
             entry = CallEntry.of(token, desk, at_ms, recall=kind == "recalled")
             self.recent[hip_id].appendleft(entry)
         msg = Message("event", token=token, event=kind, desk=desk, at_ms=at_ms)
+        for listener in tuple(self.listeners.get(hip_id, ())):
+            if listener.wants(msg):
+                listener.put(msg)
+        self._dirty.add(hip_id)
+        self._wake.set()
+
+    def _on_config(self, hip_id: str) -> None:
+        """An admin changed the facility: forget its config here, rebuild the board, tell the streams."""
+        self.state.directory.invalidate(hip_id)
+        msg = Message("config")
         for listener in tuple(self.listeners.get(hip_id, ())):
             listener.put(msg)
         self._dirty.add(hip_id)
@@ -302,18 +394,51 @@ class LiveHub:
         if hip_id not in self.recent:
             self.recent[hip_id] = await self._seed_recent(hip_id, cfg.facility.timezone)
         desk_names = {d.code: d.name for d in desks}
+        recent = list(self.recent[hip_id])[:RECENT_KEEP]
+        names: dict[str, str] = {}
+        if cfg.facility.board_names:
+            names = await self._masked_names([*current, *(c.token_id for c in recent)])
+            recent = [dataclasses.replace(c, name=names.get(c.token_id, "")) for c in recent]
         desk_rows: list[dict[str, Any]] = []
         for d, tid in zip(desks, current_ids, strict=True):
             tok = current.get(tid)
             now: dict[str, Any] | None = None
             if tok is not None and tok.status is Status.CALLED:
-                now = CallEntry.of(tok, d.code, tok.called_ms or 0).public(desk_names)
+                entry = CallEntry.of(tok, d.code, tok.called_ms or 0)
+                now = dataclasses.replace(entry, name=names.get(tok.id, "")).public(desk_names)
             desk_rows.append({"desk": d.code, "name": d.name, "counters": cfg.desk_counters(d), "now": now})
         return Snapshot(
-            hip_id=hip_id, version=self.state.clock.now_ms(), desks=desk_rows,
-            recent=list(self.recent[hip_id])[:RECENT_KEEP], waiting={c: len(lines[c]) for c in counters},
-            lines=lines, desk_names=desk_names,
+            hip_id=hip_id, version=self.state.clock.now_ms(), desks=desk_rows, recent=recent,
+            waiting={c: len(lines[c]) for c in counters}, lines=lines, desk_names=desk_names, names=names,
         )  # fmt: skip
+
+    async def _masked_names(self, token_ids: Iterable[str]) -> dict[str, str]:
+        """Masked names of called tokens, from their SQL patient snapshot; cached per worker.
+
+        The Redis token hash carries no name (only SQL holds the shared profile), so a newly called token
+        costs one primary-key read per worker, batched per snapshot build; recalls and rebuilds hit the
+        cache. If SQL fails the board goes on without names rather than without a snapshot.
+        """
+        ids = list(dict.fromkeys(token_ids))
+        now = time.monotonic()
+        missing = [
+            i
+            for i in ids
+            if (hit := self._names.get(i)) is None or (not hit[0] and now - hit[1] > NAME_RETRY_S)
+        ]
+        if missing:
+            try:
+                async with self.state.engine.connect() as conn:
+                    patients = await token_sql.patients_for(conn, missing)
+            except Exception as exc:
+                log.warning("live events: patient names unavailable (%s); board shows numbers only", exc)
+                patients = None
+            if patients is not None:
+                if len(self._names) > NAMES_KEEP:
+                    self._names.clear()
+                for i in missing:
+                    self._names[i] = (mask_name(str((patients.get(i) or {}).get("name") or "")), now)
+        return {i: hit[0] for i in ids if (hit := self._names.get(i)) is not None and hit[0]}
 
     async def _seed_recent(self, hip_id: str, tz: str) -> deque[CallEntry]:
         """Recent calls survive a restart through SQL (tokens are written through before the call returns)."""
@@ -340,6 +465,25 @@ def to_ms(value: datetime) -> int:
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def sse_bytes(event: str, data: Any, ident: int | None = None) -> bytes:
+    """One SSE event, byte for byte what sse_starlette's ServerSentEvent(...).encode() writes.
+
+    orjson escapes every control character inside strings, so the JSON is always one line and needs
+    none of the generic encoder's line splitting; `event` and `ident` are our own names and numbers.
+    """
+    head = b"" if ident is None else b"id: %d\r\n" % ident
+    return head + b"event: " + event.encode() + b"\r\ndata: " + orjson.dumps(data) + b"\r\n\r\n"
+
+
+async def announce_config(state: AppState, hip_id: str) -> None:
+    """Tell every worker (through Redis) that a facility's settings changed. Best effort: without Redis
+    the directory's short cache lifetime still carries the change."""
+    try:
+        await state.redis.publish(keys.live_channel(hip_id), CONFIG_NOTICE)
+    except (RedisError, OSError) as exc:
+        log.warning("live events: could not announce the settings change of %s: %s", hip_id, exc)
 
 
 def hub_of(state: AppState) -> LiveHub:
