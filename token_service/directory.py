@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -51,8 +52,11 @@ class Directory:
     default_validity_s: int
     _cache: dict[str, tuple[float, FacilityConfig]] = field(default_factory=dict)
     _hips: tuple[float, list[str]] = (0.0, [])
+    _loading: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _epoch: int = 0  # bumped by invalidate(): a load that started before it must not be cached
 
     def invalidate(self, hip_id: str | None = None) -> None:
+        self._epoch += 1
         if hip_id is None:
             self._cache.clear()
         else:
@@ -73,6 +77,18 @@ class Directory:
         hit = self._cache.get(hip_id)
         if hit and time.monotonic() - hit[0] < CACHE_TTL_S:
             return hit[1]
+        # One load per facility at a time: when the entry expires under a thousand open status pages,
+        # they share one SQL read instead of each starting its own.
+        if len(self._loading) > 10_000:  # unknown ids asked for by anyone: keep the map bounded
+            self._loading.clear()
+        async with self._loading.setdefault(hip_id, asyncio.Lock()):
+            hit = self._cache.get(hip_id)
+            if hit and time.monotonic() - hit[0] < CACHE_TTL_S:
+                return hit[1]
+            return await self._load(hip_id)
+
+    async def _load(self, hip_id: str) -> FacilityConfig:
+        epoch = self._epoch
         async with self.engine.connect() as conn:
             frow = (await conn.execute(select(Facility).where(Facility.hip_id == hip_id))).first()  # type: ignore[arg-type]
             if frow is None:
@@ -89,5 +105,6 @@ class Directory:
             ageing_s=facility.ageing_seconds,
         )
         cfg = FacilityConfig(facility, counters, desks, rules)
-        self._cache[hip_id] = (time.monotonic(), cfg)
+        if epoch == self._epoch:
+            self._cache[hip_id] = (time.monotonic(), cfg)
         return cfg
