@@ -19,7 +19,7 @@ from token_service.models import AuditLog
 from token_service.queue.service import CallResult, IssueResult, Token, TokenQueue
 from token_service.queue.status import Priority, Source, auto_priority
 from token_service.records import tokens as token_sql
-from token_service.records.writer import SqlWriter
+from token_service.records.writer import Row, RowOp, Rows, SqlWriter
 
 ISSUED = PromCounter("opd_tokens_issued_total", "Tokens issued", ["hip_id", "counter", "source"])
 CALLED = PromCounter("opd_tokens_called_total", "Tokens called", ["hip_id", "counter"])
@@ -32,6 +32,16 @@ OP_LATENCY = Histogram(
 
 T = TypeVar("T")
 AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
+
+
+async def _insert_audit(conn: AsyncConnection, rows: list[Row]) -> None:
+    for row in rows:
+        row.setdefault("detail", None)
+    if rows:
+        await conn.execute(AUDIT.insert(), rows)
+
+
+AUDIT_INSERT = RowOp("audit insert", 30, _insert_audit)
 
 
 async def _guard(op: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -52,16 +62,20 @@ class TokenService:
         self.directory = directory
 
     async def persist(
-        self, tokens: list[Token], patient: dict[str, Any] | None = None, audit: dict[str, Any] | None = None
-    ) -> None:
-        async def work(conn: AsyncConnection) -> None:
-            await token_sql.upsert_tokens(conn, tokens)
-            if patient is not None and tokens:
-                await token_sql.attach_patient(conn, tokens[0].id, patient)
-            if audit is not None:
-                await conn.execute(AUDIT.insert().values(at=datetime.now(UTC), **audit))
-
-        await self.writer.submit(work)
+        self,
+        tokens: list[Token],
+        patient: dict[str, Any] | None = None,
+        audit: dict[str, Any] | None = None,
+        *,
+        also: Rows = (),
+    ) -> list[Any]:
+        """Write-through of the tokens an operation changed, with its audit row and any rows the caller
+        must commit in the same transaction (`also`); returns the results of `also`'s rows."""
+        rows = token_sql.token_rows(tokens, patient)
+        if audit is not None:
+            rows.append((AUDIT_INSERT, {"at": datetime.now(UTC), **audit}))
+        results = await self.writer.submit_rows([*rows, *also])
+        return results[len(rows) :]
 
     async def issue(
         self,
@@ -74,7 +88,10 @@ class TokenService:
         abha_address: str | None = None,
         patient: dict[str, Any] | None = None,
         actor: str | None = None,
+        persist: bool = True,
     ) -> IssueResult:
+        """Issue (or find, for a request id seen before) a token. With `persist` off the caller writes
+        it through itself, with `persist()`, before it answers anybody."""
         cfg = await self.directory.get(hip_id)
         counter = cfg.counter(counter_code)
         if not counter.active:
@@ -94,8 +111,9 @@ class TokenService:
         audit = None
         if actor:
             audit = {"actor": actor, "action": "issue", "hip_id": hip_id, "target": result.token.id}
-        # Write-through before we answer: a token anybody has seen is in SQL.
-        await self.persist([result.token], patient, audit)
+        if persist:
+            # Write-through before we answer: a token anybody has seen is in SQL.
+            await self.persist([result.token], patient, audit)
         return result
 
     def _check_desk(self, cfg: FacilityConfig, desk_code: str, allowed: list[str] | None) -> list[str]:

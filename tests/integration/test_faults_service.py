@@ -50,12 +50,6 @@ def accepted_on_shares(gw: SandboxState, request_ids: set[str]) -> set[str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: an on-share whose send was in flight when every worker was killed keeps its "
-    "20 s lease; when the service restarts fast, or the lease outlives the 25 s deadline, it is not "
-    "delivered. Fix: release a dead service's leases at start (or lease ≥ deadline with renewal).",
-)
 def test_service_sigkill_under_load_resumes_outbox_and_print_jobs(
     tmp_path: Path, sandbox: tuple[SandboxState, str]
 ) -> None:

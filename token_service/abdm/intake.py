@@ -63,7 +63,8 @@ class ShareIntake:
         return None
 
     async def accept(self, share: ShareRequest, hip_id: str) -> IntakeResult:
-        """Issue (or find) the token and record the on-share owed for it; both are committed on return.
+        """Issue (or find) the token and record the on-share owed for it; both are committed on return,
+        in one transaction.
 
         Redis or SQL trouble propagates (the caller answers 503 and the gateway retries the same
         REQUEST-ID, which yields the same token). A share we cannot serve is still acknowledged and
@@ -78,6 +79,7 @@ class ShareIntake:
                 result = await self.tokens.issue(
                     hip_id, share.counter_code, source=Source.SCAN_SHARE, request_id=share.request_id,
                     abha_address=share.profile.abha_address, patient=share.profile.to_json(),
+                    persist=False,
                 )  # fmt: skip
             except (Conflict, NotFound) as exc:
                 # The counter closed or vanished between the check and the script: same answer as above.
@@ -96,8 +98,14 @@ class ShareIntake:
             error=error,
             outcome=outcome,
         )
-        on_share_id = await self.outbox.record(entry)
-        await self.outbox.wake(on_share_id)
+        if token is not None:
+            # The token and the on-share owed for it commit together, in one write.
+            (on_share_id,) = await self.tokens.persist(
+                [token], share.profile.to_json(), also=[self.outbox.row(entry)]
+            )
+        else:
+            on_share_id = await self.outbox.record(entry)
+        await self.outbox.wake(on_share_id, entry)
         SHARES.labels(share.version, outcome).inc()
         INTAKE_LATENCY.observe(time.perf_counter() - started)
         if error is not None:

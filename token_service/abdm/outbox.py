@@ -2,11 +2,17 @@
 
 Life of an on-share::
 
-    record()  SQL row (pending) ──▶ wake(): ZADD due + LPUSH wake
-    run()     every worker: claim due ids (ZREM + lease, one Lua call) ──▶ send ──▶ attempt row
+    row()/record()  SQL row (pending), committed with the token ──▶ wake(): job hash + ZADD due + LPUSH
+    run()     every worker: claim due ids (ZREM + lease + job, one Lua call) ──▶ send ──▶ attempt row
               ok ─▶ sent · retryable and before the deadline ─▶ ZADD due later · else ─▶ failed
-    sweep()   pending SQL rows with neither a due entry nor a lease are queued again (after a crash,
-              a restart, or Redis losing its data); pending rows past the deadline are marked failed.
+    sweep()   pending SQL rows that nobody holds are queued again (after a crash, a restart, or Redis
+              losing its data); pending rows past the deadline are marked failed.
+
+Exactly one send at a time per on-share: a claim leaves a lease naming the worker, and a lease counts
+only while that worker's heartbeat key lives. A lease outlasts the longest send (the deadline), so a
+slow send is never taken over; a killed worker's heartbeat lapses within seconds, so its on-shares are
+taken over well before their deadline. The job hash carries what the send needs, so delivery reads no
+SQL (the row is read only when Redis lost the hash).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
+import orjson
 from prometheus_client import Counter as PromCounter
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,7 +41,7 @@ from token_service.abdm.profile import PatientProfile
 from token_service.abdm.schemas import PROFILE_SHARE, ShareRequest
 from token_service.clock import Clock
 from token_service.models import OnShare, OnShareAttempt
-from token_service.records.writer import SqlWriter
+from token_service.records.writer import Row, RowOp, SqlWriter
 
 __all__ = ["Outbox", "OutboxEntry"]
 
@@ -43,15 +50,21 @@ log = logging.getLogger(__name__)
 ON_SHARE = OnShare.__table__  # type: ignore[attr-defined]
 ATTEMPT = OnShareAttempt.__table__  # type: ignore[attr-defined]
 
-# Every outbox key, with its lifetime. One hash tag so the claim script touches a single cluster slot.
+# Every outbox key, with its lifetime. One hash tag so every script touches a single cluster slot.
 KEY_PREFIX = "opd:{onshare}:"
 DUE_KEY = KEY_PREFIX + "due"  # zset on-share id -> due ms; a member lives until claimed
 WAKE_KEY = KEY_PREFIX + "wake"  # list nudging a blocked worker; trimmed to WAKE_MAX entries
 WAKE_MAX = 64
-# A lease covers one send: longer than two session fetches plus two on-share calls at the client's
-# timeout. After the outcome it becomes a "done" marker that outlives any sweep's stale SQL read.
-LEASE_MS = 20_000
-DONE_MS = 120_000
+LEASE_PREFIX = KEY_PREFIX + "lease:"  # on-share id -> worker id while sending, "done" after the outcome
+JOB_PREFIX = KEY_PREFIX + "job:"  # on-share id -> hash {d: what to send (JSON), a: attempts so far}
+BEAT_PREFIX = KEY_PREFIX + "beat:"  # worker id -> alive; a lease counts only while this key lives
+# The lease outlives the longest send (the deadline) by this margin; the heartbeat is renewed every
+# BEAT_EVERY_S and lapses BEAT_MS after a worker stops (killed, frozen, or cut off from Redis).
+LEASE_MARGIN_MS = 30_000
+BEAT_MS = 6_000
+BEAT_EVERY_S = 1.0
+DONE_MS = 120_000  # "done" outlives any sweep's stale SQL read
+JOB_MARGIN_MS = 120_000
 
 MAX_IDLE_WAIT_S = 1.0
 SWEEP_INTERVAL_S = 2.0
@@ -63,25 +76,75 @@ ONSHARE_ATTEMPTS = PromCounter(
     "opd_onshare_attempts_total", "Calls made to the gateway for on-shares", ["ok"]
 )
 
+# KEYS: due. ARGV: now ms, limit, key prefix, worker, lease ms. Returns id, job, attempts per claim.
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
-  redis.call('SET', ARGV[3] .. id, ARGV[4], 'PX', tonumber(ARGV[5]))
+  redis.call('SET', ARGV[3] .. 'lease:' .. id, ARGV[4], 'PX', tonumber(ARGV[5]))
+  local job = redis.call('HMGET', ARGV[3] .. 'job:' .. id, 'd', 'a')
+  out[#out + 1] = id
+  out[#out + 1] = job[1] or ''
+  out[#out + 1] = job[2] or '0'
 end
-return ids
+return out
 """
 
-_REQUEUE_ORPHAN = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+# A lease held by a worker whose heartbeat lives. (The heartbeat key is named by the lease's value,
+# so it cannot be declared in KEYS; it shares the {onshare} slot.)
+_HELD = """
+local function held(lease, beat_prefix)
+  local holder = redis.call('GET', lease)
+  if not holder then return false end
+  if holder == 'done' then return true end
+  return redis.call('EXISTS', beat_prefix .. holder) == 1
+end
+"""
+
+# KEYS: due, lease, job, wake. ARGV: id, now ms, beat prefix, job JSON, job ttl ms, wake max.
+_WAKE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= 'done' and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
+  return 0  -- a live worker is sending this on-share right now: a second send would duplicate it
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[3], 'd', ARGV[4], 'a', '0')
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+return 1
+"""
+
+# KEYS: due, lease. ARGV: id, now ms, beat prefix. Queue a pending row nobody holds; 1 if queued.
+_REQUEUE_ORPHAN = (
+    _HELD
+    + """
+if held(KEYS[2], ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+)
+
+# KEYS: lease. ARGV: beat prefix. 1 while a live worker (or a finished outcome) holds the on-share.
+_IS_HELD = (
+    _HELD
+    + """
+if held(KEYS[1], ARGV[1]) then return 1 end
+return 0
+"""
+)
 
 
 def lease_key(on_share_id: int | str) -> str:
-    return f"{KEY_PREFIX}lease:{on_share_id}"
+    return f"{LEASE_PREFIX}{on_share_id}"
+
+
+def job_key(on_share_id: int | str) -> str:
+    return f"{JOB_PREFIX}{on_share_id}"
 
 
 def _now_ms() -> int:
@@ -151,12 +214,81 @@ class OutboxEntry:
         )
 
 
-def _insert(conn: AsyncConnection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+def _dialect_insert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert_statement(dialect: str) -> Any:
+    stmt = _UPSERTS.get(dialect)
+    if stmt is None:
+        ins = _dialect_insert(dialect)(ON_SHARE)
+        # The gateway delivered the same REQUEST-ID again: the patient is waiting again, so the same
+        # row is owed a fresh on-share with a fresh deadline.
+        rearm = {k: ins.excluded[k] for k in ("payload", "token_id", "deadline_at")}
+        stmt = _UPSERTS[dialect] = ins.on_conflict_do_update(
+            index_elements=["hip_id", "request_id"],
+            set_={**rearm, "status": "pending", "last_error": None, "sent_at": None},
+        )
+    return stmt
+
+
+async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
+    """Insert or re-arm on-share rows; their ids, in the rows' order."""
+    last: dict[tuple[str, str], Row] = {}
+    for row in rows:  # the same share twice in one batch: one statement row, both get its id
+        last[(row["hip_id"], row["request_id"])] = row
+    ordered = [last[k] for k in sorted(last)]  # one lock order for every writer
+    await conn.execute(_upsert_statement(conn.dialect.name), ordered)
+    found = await conn.execute(
+        select(ON_SHARE.c.hip_id, ON_SHARE.c.request_id, ON_SHARE.c.id).where(
+            tuple_(ON_SHARE.c.hip_id, ON_SHARE.c.request_id).in_(list(last))
+        )
+    )
+    ids = {(hip, req): int(i) for hip, req, i in found}
+    return [ids[(row["hip_id"], row["request_id"])] for row in rows]
+
+
+async def _attempt_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    await conn.execute(ATTEMPT.insert(), rows)
+
+
+_OUTCOME = (
+    update(ON_SHARE)
+    .where(ON_SHARE.c.id == bindparam("oid"), ON_SHARE.c.status == "pending")
+    .values(
+        status=bindparam("new_status"),
+        attempts=ON_SHARE.c.attempts + bindparam("inc"),
+        last_error=bindparam("error"),
+        sent_at=func.coalesce(bindparam("sent", type_=ON_SHARE.c.sent_at.type), ON_SHARE.c.sent_at),
+    )
+)
+
+
+async def _outcome_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    await conn.execute(_OUTCOME, sorted(rows, key=lambda r: int(r["oid"])))
+
+
+# Operations for the SQL writer's batches (after the token rows of the same share).
+ONSHARE_UPSERT = RowOp("on-share upsert", 35, _upsert_rows)
+ATTEMPT_INSERT = RowOp("on-share attempt", 50, _attempt_rows)
+ONSHARE_OUTCOME = RowOp("on-share outcome", 60, _outcome_rows)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One claimed on-share: what to send, until when, and how many calls were made before."""
+
+    on_share_id: int
+    entry: OutboxEntry
+    deadline_ms: int
+    attempts: int
 
 
 class Outbox:
-    """One per worker process. `run()` is its delivery loop; `record()`/`wake()` are called at intake."""
+    """One per worker process. `run()` is its delivery loop; `row()`/`record()`/`wake()` serve intake."""
 
     def __init__(
         self,
@@ -179,69 +311,80 @@ class Outbox:
         self.concurrency = concurrency
         self.sweep_interval_s = sweep_interval_s
         self.worker = uuid.uuid4().hex[:12]
+        self.lease_ms = int(deadline_s * 1000) + LEASE_MARGIN_MS
         self._claim = redis.register_script(_CLAIM)
+        self._wake = redis.register_script(_WAKE)
         self._requeue = redis.register_script(_REQUEUE_ORPHAN)
+        self._is_held = redis.register_script(_IS_HELD)
         self._inflight: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
         # tie up the pool's read-timeout machinery that the queue's short commands rely on.
         self._waiter: Redis = _blocking_client(redis, MAX_IDLE_WAIT_S + 5)
 
     # ---- intake side ----
 
-    async def record(self, entry: OutboxEntry) -> int:
-        """Store (or re-arm, for a share delivered again) the on-share; returns once committed."""
+    def row(self, entry: OutboxEntry) -> tuple[RowOp, Row]:
+        """The SQL writer row that stores (or re-arms) this on-share; its result is the row's id."""
         now = datetime.now(UTC)
-        values = {
+        return ONSHARE_UPSERT, {
             "hip_id": entry.hip_id, "request_id": entry.request_id, "version": entry.version,
             "token_id": entry.token_id, "payload": entry.payload(), "status": "pending", "attempts": 0,
             "created_at": now, "deadline_at": now + timedelta(seconds=self.deadline_s),
         }  # fmt: skip
-        found: list[int] = []
 
-        async def work(conn: AsyncConnection) -> None:
-            stmt = _insert(conn)(ON_SHARE).values(values)
-            # The gateway delivered the same REQUEST-ID again: the patient is waiting again, so the
-            # same row is owed a fresh on-share with a fresh deadline.
-            rearm = {k: stmt.excluded[k] for k in ("payload", "token_id", "deadline_at")}
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["hip_id", "request_id"],
-                set_={**rearm, "status": "pending", "last_error": None, "sent_at": None},
-            ).returning(ON_SHARE.c.id)
-            found.append(int((await conn.execute(stmt)).scalar_one()))
+    async def record(self, entry: OutboxEntry) -> int:
+        """Store (or re-arm) an on-share on its own; returns its id once committed."""
+        (on_share_id,) = await self.writer.submit_rows([self.row(entry)])
+        return int(on_share_id)
 
-        await self.writer.submit(work)
-        return found[-1]
-
-    async def wake(self, on_share_id: int) -> None:
+    async def wake(self, on_share_id: int, entry: OutboxEntry) -> None:
         """Make the on-share due now and nudge a worker. Failure is tolerated: the sweep finds it."""
+        job = orjson.dumps({
+            "hip": entry.hip_id, "p": entry.payload(),
+            "dl": _now_ms() + int(self.deadline_s * 1000),
+        })  # fmt: skip
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(lease_key(on_share_id))
-                pipe.zadd(DUE_KEY, {str(on_share_id): _now_ms()})
-                pipe.lpush(WAKE_KEY, "1")
-                pipe.ltrim(WAKE_KEY, 0, WAKE_MAX - 1)
-                await pipe.execute()
+            await self._wake(
+                keys=[DUE_KEY, lease_key(on_share_id), job_key(on_share_id), WAKE_KEY],
+                args=[on_share_id, _now_ms(), BEAT_PREFIX, job, self.lease_ms + JOB_MARGIN_MS, WAKE_MAX],
+            )
         except Exception as exc:
             log.warning("on-share %s: wake-up failed (%s); the sweep will deliver it", on_share_id, exc)
 
     # ---- lifecycle ----
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"onshare-outbox-{self.worker}")
+        self._tasks = [
+            asyncio.create_task(self._beat(), name=f"onshare-beat-{self.worker}"),
+            asyncio.create_task(self.run(), name=f"onshare-outbox-{self.worker}"),
+        ]
 
     async def close(self, grace_s: float = 2.0) -> None:
-        if self._task is not None:
-            await _cancel(self._task)
+        for task in reversed(self._tasks):
+            await _cancel(task)
         if self._inflight:
             # Let sends in flight finish briefly; the rest are put back as due for the next worker.
             _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
             for task in pending:
                 await _cancel(task)
+        with contextlib.suppress(Exception):
+            await self.redis.delete(BEAT_PREFIX + self.worker)
         if isinstance(self._waiter, RedisCluster):
             await self._waiter.aclose()
         else:
             await self._waiter.aclose(close_connection_pool=True)
+
+    async def _beat(self) -> None:
+        """This worker is alive: its leases count. Renewed well inside its lifetime."""
+        while True:
+            try:
+                await self.redis.set(BEAT_PREFIX + self.worker, "1", px=BEAT_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("on-share heartbeat: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(BEAT_EVERY_S)
 
     async def run(self) -> None:
         next_sweep = 0.0
@@ -274,24 +417,44 @@ class Outbox:
         free = self.concurrency - len(self._inflight)
         if free <= 0:
             return 0
-        ids = await self._claim(
-            keys=[DUE_KEY], args=[_now_ms(), free, KEY_PREFIX + "lease:", self.worker, LEASE_MS]
+        # Our heartbeat must be live before a lease names us, or a sweep could take the claim over.
+        await self.redis.set(BEAT_PREFIX + self.worker, "1", px=BEAT_MS)
+        flat = await self._claim(
+            keys=[DUE_KEY], args=[_now_ms(), free, KEY_PREFIX, self.worker, self.lease_ms]
         )
-        for raw in ids:
-            task = asyncio.create_task(self._deliver(int(raw)), name=f"onshare-{raw}")
+        for i in range(0, len(flat), 3):
+            on_share_id, job, attempts = int(flat[i]), flat[i + 1], int(flat[i + 2] or 0)
+            task = asyncio.create_task(
+                self._deliver(on_share_id, job, attempts), name=f"onshare-{on_share_id}"
+            )
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(ids)
+        return len(flat) // 3
 
     # ---- delivery ----
 
-    async def _load(self, on_share_id: int) -> Any:
+    async def _job(self, on_share_id: int, raw: str | bytes, attempts: int) -> _Job | None:
+        """What to send: from the job hash, or from SQL when Redis lost it (None: nothing owed)."""
+        if raw:
+            data = orjson.loads(raw)
+            entry = OutboxEntry.from_payload(str(data["hip"]), data["p"])
+            return _Job(on_share_id, entry, int(data["dl"]), attempts)
         async with self.engine.connect() as conn:
-            return (await conn.execute(select(ON_SHARE).where(ON_SHARE.c.id == on_share_id))).first()
+            row = (await conn.execute(select(ON_SHARE).where(ON_SHARE.c.id == on_share_id))).first()
+        if row is None or row.status != "pending":
+            return None
+        deadline_ms = int(_aware(row.deadline_at).timestamp() * 1000)
+        return _Job(
+            on_share_id, OutboxEntry.from_payload(row.hip_id, row.payload), deadline_ms, int(row.attempts)
+        )
 
-    async def _deliver(self, on_share_id: int) -> None:
+    async def _deliver(self, on_share_id: int, raw: str | bytes, attempts: int) -> None:
         try:
-            await self._deliver_once(on_share_id)
+            job = await self._job(on_share_id, raw, attempts)
+            if job is None:
+                await self._mark_done(on_share_id)
+                return
+            await self._deliver_once(job)
         except asyncio.CancelledError:
             # Shutting down mid-send: hand it back as due so another worker (or our restart) sends it.
             with contextlib.suppress(Exception):
@@ -302,16 +465,12 @@ class Outbox:
             with contextlib.suppress(Exception):
                 await self._release(on_share_id, _now_ms() + 1000)
 
-    async def _deliver_once(self, on_share_id: int) -> None:
-        row = await self._load(on_share_id)
-        if row is None or row.status != "pending":
-            await self._mark_done(on_share_id)
-            return
-        remaining = _aware(row.deadline_at).timestamp() - time.time()
+    async def _deliver_once(self, job: _Job) -> None:
+        remaining = (job.deadline_ms - _now_ms()) / 1000
         if remaining <= 0:
-            await self._finish(on_share_id, "failed", "deadline passed before delivery")
+            await self._finish(job.on_share_id, "failed", "deadline passed before delivery")
             return
-        entry = OutboxEntry.from_payload(row.hip_id, row.payload)
+        entry = job.entry
         started = time.perf_counter()
         try:
             async with asyncio.timeout(remaining):
@@ -322,23 +481,23 @@ class Outbox:
             result = GatewayResult(False, None, False, "deadline reached while the gateway was answering", "")
         duration_ms = int((time.perf_counter() - started) * 1000)
         ONSHARE_ATTEMPTS.labels(str(result.ok).lower()).inc()
-        attempts = int(row.attempts) + 1
+        attempts = job.attempts + 1
         if result.ok:
             status = "sent"
-        elif result.retryable and time.time() + backoff_s(attempts) < _aware(row.deadline_at).timestamp():
+        elif result.retryable and _now_ms() + backoff_s(attempts) * 1000 < job.deadline_ms:
             status = "pending"
         else:
             status = "failed"
         if status != "pending":
             # The marker goes down before the SQL commit so no sweep can see "pending" and no lease.
-            await self._mark_done(on_share_id)
-        await self._record_attempt(on_share_id, result, duration_ms, status)
+            await self._mark_done(job.on_share_id)
+        await self._record_attempt(job.on_share_id, result, duration_ms, status)
         if status == "pending":
-            await self._release(on_share_id, _now_ms() + int(backoff_s(attempts) * 1000))
+            await self._release(job.on_share_id, _now_ms() + int(backoff_s(attempts) * 1000), retried=True)
         else:
             ONSHARE_RESULTS.labels(status).inc()
             if status == "failed":
-                log.warning("on-share %s for %s failed: %s", on_share_id, entry.request_id, result.error)
+                log.warning("on-share %s for %s failed: %s", job.on_share_id, entry.request_id, result.error)
 
     def _expiry(self, entry: OutboxEntry) -> int:
         """Seconds of validity left now (not at intake): retries must not overstate it."""
@@ -350,47 +509,36 @@ class Outbox:
         self, on_share_id: int, result: GatewayResult, duration_ms: int, status: str
     ) -> None:
         at = datetime.now(UTC)
-        changes: dict[str, Any] = {"attempts": ON_SHARE.c.attempts + 1, "last_error": _cut(result.error)}
-        if status != "pending":
-            changes["status"] = status
-        if status == "sent":
-            changes["sent_at"] = at
-
-        async def work(conn: AsyncConnection) -> None:
-            await conn.execute(
-                ATTEMPT.insert().values(
-                    on_share_id=on_share_id, at=at, outbound_request_id=result.outbound_request_id[:64],
-                    status_code=result.status, ok=result.ok, error=_cut(result.error),
-                    duration_ms=duration_ms,
-                )
-            )  # fmt: skip
-            await conn.execute(
-                update(ON_SHARE)
-                .where(ON_SHARE.c.id == on_share_id, ON_SHARE.c.status == "pending")
-                .values(changes)
-            )
-
-        await self.writer.submit(work)
+        error = _cut(result.error)
+        await self.writer.submit_rows([
+            (ATTEMPT_INSERT, {
+                "on_share_id": on_share_id, "at": at, "outbound_request_id": result.outbound_request_id[:64],
+                "status_code": result.status, "ok": result.ok, "error": error, "duration_ms": duration_ms,
+            }),
+            (ONSHARE_OUTCOME, {
+                "oid": on_share_id, "new_status": status, "inc": 1, "error": error,
+                "sent": at if status == "sent" else None,
+            }),
+        ])  # fmt: skip
 
     async def _finish(self, on_share_id: int, status: str, reason: str) -> None:
         await self._mark_done(on_share_id)
-
-        async def work(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(ON_SHARE)
-                .where(ON_SHARE.c.id == on_share_id, ON_SHARE.c.status == "pending")
-                .values(status=status, last_error=reason)
-            )
-
-        await self.writer.submit(work)
+        await self.writer.submit_rows([
+            (ONSHARE_OUTCOME, {"oid": on_share_id, "new_status": status, "inc": 0, "error": reason, "sent": None})
+        ])  # fmt: skip
         ONSHARE_RESULTS.labels(status).inc()
         log.warning("on-share %s %s: %s", on_share_id, status, reason)
 
     async def _mark_done(self, on_share_id: int) -> None:
-        await self.redis.set(lease_key(on_share_id), "done", px=DONE_MS)
-
-    async def _release(self, on_share_id: int, due_ms: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(lease_key(on_share_id), "done", px=DONE_MS)
+            pipe.delete(job_key(on_share_id))
+            await pipe.execute()
+
+    async def _release(self, on_share_id: int, due_ms: int, *, retried: bool = False) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if retried:
+                pipe.hincrby(job_key(on_share_id), "a", 1)
             pipe.zadd(DUE_KEY, {str(on_share_id): due_ms})
             pipe.delete(lease_key(on_share_id))
             await pipe.execute()
@@ -411,21 +559,23 @@ class Outbox:
         now = time.time()
         live = [i for i, deadline_at in rows if _aware(deadline_at).timestamp() > now]
         for on_share_id in (i for i, deadline_at in rows if _aware(deadline_at).timestamp() <= now):
-            if not await self.redis.exists(lease_key(on_share_id)):
+            if not await self._is_held(keys=[lease_key(on_share_id)], args=[BEAT_PREFIX]):
                 await self._finish(on_share_id, "failed", "deadline passed before delivery")
         queued = 0
         if live and isinstance(self.redis, RedisCluster):
             # Cluster pipelines refuse scripts; these are the few rows nobody holds, one call each.
             for on_share_id in live:
                 found = await self._requeue(
-                    keys=[DUE_KEY, lease_key(on_share_id)], args=[on_share_id, _now_ms()]
+                    keys=[DUE_KEY, lease_key(on_share_id)], args=[on_share_id, _now_ms(), BEAT_PREFIX]
                 )
                 queued += int(found)
         elif live:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for on_share_id in live:
                     await self._requeue(
-                        keys=[DUE_KEY, lease_key(on_share_id)], args=[on_share_id, _now_ms()], client=pipe
+                        keys=[DUE_KEY, lease_key(on_share_id)],
+                        args=[on_share_id, _now_ms(), BEAT_PREFIX],
+                        client=pipe,
                     )
                 queued = sum(int(x) for x in await pipe.execute())
         if queued:

@@ -106,11 +106,8 @@ class Recorder:
             states.append(token)
             events.append(token_sql.event_row(hip_id, entry_id, kind, at_ms, desk, token))
 
-        async def work(conn: Any) -> None:
-            await token_sql.upsert_tokens(conn, states)
-            await token_sql.insert_events(conn, events)
-
-        await self.writer.submit(work)
+        rows = token_sql.token_rows(states) + [(token_sql.EVENT_INSERT, e) for e in events]
+        await self.writer.submit_rows(rows)
         await self.redis.xack(stream, GROUP, *ids)
         await self.redis.xdel(stream, *ids)
         self.recorded += len(events)

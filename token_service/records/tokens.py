@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,6 +14,7 @@ from token_service.clock import from_ms
 from token_service.models import TokenEvent, TokenRecord
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
+from token_service.records.writer import Row, RowOp
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -85,24 +86,61 @@ def _statement(dialect: str, kind: str) -> Any:
     return stmt
 
 
+def _newest_rows(rows: Sequence[Row]) -> list[Row]:
+    """The newest version of each token, in id order: two workers upserting overlapping tokens then
+    lock them in the same order (no deadlock between the write-through and the recorder)."""
+    newest: dict[str, Row] = {}
+    for row in rows:
+        seen = newest.get(row["id"])
+        if seen is None or seen["version"] < row["version"]:
+            newest[row["id"]] = row
+    return [newest[i] for i in sorted(newest)]
+
+
+async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    if rows:
+        await conn.execute(_statement(conn.dialect.name, "token"), _newest_rows(rows))
+
+
+_ATTACH = (
+    update(TOKEN)
+    .where(and_(TOKEN.c.id == bindparam("token_id"), TOKEN.c.patient.is_(None)))
+    .values(patient=bindparam("patient_json"))
+)
+
+
+async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    if rows:
+        await conn.execute(_ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
+
+
+async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    if rows:
+        await conn.execute(_statement(conn.dialect.name, "event"), rows)
+
+
+# Operations for the SQL writer's batches: a token's state, its shared profile, its history.
+TOKEN_UPSERT = RowOp("token upsert", 10, _upsert_rows)
+PATIENT_ATTACH = RowOp("patient attach", 20, _attach_rows)
+EVENT_INSERT = RowOp("event insert", 40, _event_rows)
+
+
+def token_rows(tokens: Sequence[Token], patient: dict[str, Any] | None = None) -> list[tuple[RowOp, Row]]:
+    """Writer rows for these tokens' state (and the shared profile, stored with the first token)."""
+    rows: list[tuple[RowOp, Row]] = [(TOKEN_UPSERT, token_row(t)) for t in tokens]
+    if patient is not None and tokens:
+        rows.append((PATIENT_ATTACH, {"token_id": tokens[0].id, "patient_json": patient}))
+    return rows
+
+
 async def upsert_tokens(conn: AsyncConnection, tokens: Sequence[Token]) -> None:
     """Write the newest known state of each token; an older version never overwrites a newer one."""
-    newest: dict[str, Token] = {}
-    for t in tokens:
-        if t.id not in newest or newest[t.id].version < t.version:
-            newest[t.id] = t
-    if not newest:
-        return
-    # Rows in id order: two workers upserting overlapping tokens then lock them in the same order.
-    rows = [token_row(newest[i]) for i in sorted(newest)]
-    await conn.execute(_statement(conn.dialect.name, "token"), rows)
+    await _upsert_rows(conn, [token_row(t) for t in tokens])
 
 
 async def attach_patient(conn: AsyncConnection, token_id: str, patient: dict[str, Any]) -> None:
     """The shared profile is stored once, with the token that it was shared for."""
-    await conn.execute(
-        update(TOKEN).where(and_(TOKEN.c.id == token_id, TOKEN.c.patient.is_(None))).values(patient=patient)
-    )
+    await _attach_rows(conn, [{"token_id": token_id, "patient_json": patient}])
 
 
 async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
