@@ -37,6 +37,7 @@ from token_service.queue.service import TokenQueue
 from token_service.records.db import async_engine
 from token_service.records.recorder import Recorder
 from token_service.records.writer import SqlWriter
+from token_service.redis_guard import PROBE_TIMEOUT_S, RedisBreaker, guard
 from token_service.state import AppState
 from token_service.sweeper import sweep_forever
 
@@ -119,6 +120,11 @@ async def build_state(settings: Settings, clock: Clock) -> AppState:
         redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=1.0,
         health_check_interval=15, max_connections=512, retry=retry,
     )  # fmt: skip
+    # A Redis that hangs instead of dying: after the first timeout every command fails at once (503)
+    # until a probe on its own short-timeout client gets an answer (token_service.redis_guard).
+    probe = {"socket_timeout": PROBE_TIMEOUT_S, "socket_connect_timeout": PROBE_TIMEOUT_S}
+    breaker = RedisBreaker(lambda: redis_client(redis_url, **probe))
+    redis = guard(redis, breaker)
     if isinstance(redis, RedisCluster):
         # Load the slot map before requests race for the client: first commands sent concurrently by
         # an uninitialised cluster client go to the seed node, come back MOVED, and the client's
@@ -131,9 +137,11 @@ async def build_state(settings: Settings, clock: Clock) -> AppState:
     directory = Directory(engine, settings.token_validity_seconds)
     recorder = Recorder(redis, writer, directory.hip_ids)
     tokens = TokenService(queue, writer, directory)
-    return AppState(
+    state = AppState(
         settings, clock, redis, scripts, queue, engine, writer, recorder, directory, tokens, embedded
     )
+    state.breaker = breaker
+    return state
 
 
 SHUTDOWN_STEP_S = 5.0
@@ -184,6 +192,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             await _bounded(asyncio.gather(sweeper, return_exceptions=True), "sweeper")
             await _bounded(state.recorder.close(), "recorder")
             await _bounded(state.writer.close(), "sql writer")
+            if state.breaker:
+                await _bounded(state.breaker.aclose(), "redis probe")
             await _bounded(state.redis.aclose(), "redis")
             await _bounded(state.engine.dispose(), "database")
             if state.embedded:

@@ -17,6 +17,7 @@ from token_service.queue.scripts import Scripts
 from token_service.queue.service import TokenQueue
 from token_service.records.recorder import Recorder
 from token_service.records.writer import SqlWriter
+from token_service.redis_guard import RedisBreaker
 
 
 @dataclass
@@ -33,3 +34,5 @@ class AppState:
     tokens: TokenService
     embedded: EmbeddedRedis | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Opens when Redis stops answering in time; commands then fail at once (token_service.redis_guard).
+    breaker: RedisBreaker | None = None
