@@ -52,6 +52,7 @@ class Principal:
     hip_id: str | None  # None: every facility (a global admin)
     counters: tuple[str, ...] = field(default_factory=tuple)
     device_id: int | None = None
+    session: Session | None = None  # a staff login: which session (checked against Redis per request)
 
     def can_access(self, hip_id: str) -> bool:
         return self.hip_id is None or self.hip_id == hip_id
@@ -77,19 +78,42 @@ class Principal:
             raise Forbidden(f"you are not assigned to counter {counter}")
 
 
-def issue_session(secret: str, user_id: int, username: str, ttl_s: int) -> str:
+@dataclass(frozen=True)
+class Session:
+    """What a session token names: the user, the session id (its `jti`) and its expiry (unix s)."""
+
+    user_id: int
+    session_id: str
+    expires: int
+
+
+def new_session(secret: str, user_id: int, username: str, ttl_s: int) -> tuple[str, Session]:
     now = int(time.time())
-    # jti: every login mints a distinct token, even two in the same second (no reuse, no fixation).
-    claims = {"sub": str(user_id), "usr": username, "iat": now, "exp": now + ttl_s, "typ": "session",
-              "jti": secrets.token_urlsafe(12)}  # fmt: skip
-    return jwt.encode(claims, secret, algorithm="HS256")
+    # jti: every login mints a distinct token, even two in the same second (no reuse, no fixation); it
+    # is also the session's id in Redis, where logout and revocation remove it (token_service.sessions).
+    session = Session(user_id, secrets.token_urlsafe(12), now + ttl_s)
+    claims = {"sub": str(user_id), "usr": username, "iat": now, "exp": session.expires, "typ": "session",
+              "jti": session.session_id}  # fmt: skip
+    return jwt.encode(claims, secret, algorithm="HS256"), session
 
 
-def read_session(secret: str, token: str) -> int:
+def issue_session(secret: str, user_id: int, username: str, ttl_s: int) -> str:
+    return new_session(secret, user_id, username, ttl_s)[0]
+
+
+def read_session_claims(secret: str, token: str) -> Session:
+    """The session a token names, if we signed it and it has not expired (revocation is checked apart)."""
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub", "jti"]})
     except jwt.PyJWTError as exc:
         raise Unauthorized("session expired or invalid; log in again") from exc
     if claims.get("typ") != "session":
         raise Unauthorized("not a session token")
-    return int(claims["sub"])
+    try:
+        return Session(int(claims["sub"]), str(claims["jti"]), int(claims["exp"]))
+    except (TypeError, ValueError) as exc:
+        raise Unauthorized("session expired or invalid; log in again") from exc
+
+
+def read_session(secret: str, token: str) -> int:
+    return read_session_claims(secret, token).user_id

@@ -142,7 +142,7 @@ class LoginThrottle:
     """Per-username and per-address lockouts around password checks.
 
     Fails closed: without Redis we cannot count guesses, so logins answer 503 rather than allow
-    unlimited attempts (sessions already issued keep working; they are verified without Redis).
+    unlimited attempts (as do requests with a session, whose revocation is checked in Redis).
     """
 
     def __init__(self, limiter: RateLimiter) -> None:

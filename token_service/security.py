@@ -1,19 +1,26 @@
-"""Security headers on every response, the request-rate limits and the daily personal-data purge."""
+"""Security headers on every response, the request-rate limits, logout ending sessions, the daily purge."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import httptools
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 from starlette.datastructures import MutableHeaders
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from token_service.api.auth import end_session
 from token_service.ratelimit import RateLimits
 from token_service.retention import purge_daily
+from token_service.sessions import SESSION_ENDED
 from token_service.state import AppState
+
+log = logging.getLogger("token_service.security")
 
 # Pages set their own, stricter set (CSP, COOP, Permissions-Policy: kiosk_ui.i18n.SECURITY_HEADERS);
 # these are the floor for everything else, the JSON API, static files and error bodies included.
@@ -121,7 +128,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise httptools.HttpParserError("request head too large")
 
 
+def _session_cookie(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"cookie" and b"opd_session=" in value:
+            return cookie_parser(value.decode("latin-1")).get("opd_session") or None
+    return None
+
+
+def _clears_session(message: Message) -> bool:
+    for name, value in message.get("headers", ()):
+        if name == b"set-cookie" and value.startswith(b"opd_session=") and b"max-age=0" in value.lower():
+            return True
+    return False
+
+
+class EndSessionOnLogout:
+    """A response that clears the session cookie ends, on the server, the session the request carried.
+
+    The pages' logout form only clears the cookie; without this a copy of the token would keep working
+    until it expires. The API logout ends its session itself (and says so in the scope state).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        credential = _session_cookie(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if credential is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and _clears_session(message):
+                state: AppState | None = getattr(scope["app"].state, "opd", None)
+                if state is not None and not scope.get("state", {}).get(SESSION_ENDED):
+                    try:
+                        await end_session(state, credential)
+                    except (RedisError, OSError) as exc:
+                        log.error("logout: the session could not be ended on the server (%r)", exc)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(EndSessionOnLogout)
     # Added last, so outermost: the 429s of the limiter and the 403s of the CSRF guard get headers too.
     app.add_middleware(RateLimits)
     app.add_middleware(SecurityHeaders)

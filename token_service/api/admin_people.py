@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Query
+from redis.exceptions import RedisError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from token_service import sessions
 from token_service.api.admin_access import admin_store_for, admit
 from token_service.api.admin_schemas import (
     DEVICE_NAME,
@@ -41,6 +45,7 @@ router = APIRouter(
                404: {"description": "unknown facility, user or device"}, 409: {"description": "duplicate"},
                422: {"description": "invalid body"}},
 )  # fmt: skip
+log = logging.getLogger("token_service.admin")
 LAST_SEEN_EVERY_S = 30.0  # one SQL write per device per half minute is plenty for "is it alive?"
 
 
@@ -88,10 +93,17 @@ async def create_user(hip_id: HipId, body: UserIn, principal: AdminDep, state: S
 async def patch_user(
     hip_id: HipId, username: Username, body: UserPatch, principal: AdminDep, state: StateDep
 ) -> UserOut:
-    """Change role or counters, or `{"active": false}` to lock the user out."""
+    """Change role or counters, or `{"active": false}` to lock the user out (and end their sessions)."""
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.update_user(username, body)
     forget_principals(state, lambda p: p.kind == "user" and p.name == username)
+    if body.active is False:
+        # The inactive flag already refuses them; ending the sessions keeps a reactivation from
+        # bringing back tokens issued before it.
+        try:
+            await sessions.end_all(state, int(row["id"]))
+        except (RedisError, OSError) as exc:
+            log.warning("user %s deactivated; sessions not ended in Redis (%r)", username, exc)
     return user_out(row)
 
 
@@ -99,10 +111,29 @@ async def patch_user(
 async def reset_password(
     hip_id: HipId, username: Username, principal: AdminDep, state: StateDep, body: PasswordIn | None = None
 ) -> PasswordOut:
-    """Set a new password, or send no password to have one generated and shown once."""
+    """Set a new password, or send no password to have one generated and shown once. Every session
+    of the user ends (log out everywhere): whoever knew the old password is out."""
     admin = await admin_store_for(principal, state, hip_id)
+    user_id = await _user_id(state, hip_id, username)
+    if user_id is not None:
+        await sessions.end_all(state, user_id)  # before the change: no Redis, no change (503)
     generated = await admin.reset_password(username, body.password if body else None)
+    if user_id is not None:
+        try:  # and after it, for a login with the old password that raced the change
+            await sessions.end_all(state, user_id)
+        except (RedisError, OSError) as exc:
+            log.warning("password of %s reset; second session sweep failed (%r)", username, exc)
+    forget_principals(state, lambda p: p.kind == "user" and p.name == username)
     return PasswordOut(username=username, password=generated)
+
+
+async def _user_id(state: AppState, hip_id: str, username: str) -> int | None:
+    async with state.engine.connect() as conn:
+        query = select(admin_store.USER.c.id).where(
+            admin_store.USER.c.username == username, admin_store.USER.c.hip_id == hip_id
+        )
+        found: int | None = (await conn.execute(query)).scalar_one_or_none()
+        return found
 
 
 @router.get("/devices", response_model=list[DeviceOut])

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
+from token_service import sessions
 from token_service.api.deps import SESSION_COOKIE, PrincipalDep, StateDep
 from token_service.api.schemas import LoginIn
-from token_service.auth import issue_session, verify_password
+from token_service.auth import new_session, read_session_claims, verify_password
 from token_service.errors import Unauthorized
 from token_service.models import User
 from token_service.ratelimit import (
@@ -57,7 +60,8 @@ async def login(
         raise Unauthorized("wrong username or password", code="invalid_credentials")
     await throttle.succeeded(body.username, client_ip)
     ttl = state.settings.session_ttl_seconds
-    token = issue_session(state.settings.secret_key, row.id, row.username, ttl)
+    token, session = new_session(state.settings.secret_key, row.id, row.username, ttl)
+    await sessions.start(state, session)
     response.set_cookie(SESSION_COOKIE, token, max_age=ttl, httponly=True, samesite="strict", path="/")
     return {
         "access_token": token,
@@ -67,9 +71,35 @@ async def login(
     }
 
 
-@router.post("/logout", status_code=204)
-async def logout(response: Response) -> None:
+@router.post("/logout", status_code=204, responses={503: {"description": "the session store is down; retry"}})
+async def logout(request: Request, state: StateDep) -> Response:
+    """End the session (cookie or `Authorization: Bearer`) on the server and clear the cookie: a copy
+    of the token is refused from now on."""
+    response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
+    header = request.headers.get("authorization", "")
+    bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+    credentials = {request.cookies.get(SESSION_COOKIE), bearer}
+    try:
+        for credential in credentials:
+            await end_session(state, credential)
+    except (RedisError, OSError):
+        # Not ended: say so (the client retries), though the cookie is cleared either way.
+        body = {"error": "unavailable", "detail": "could not end the session now; retry shortly"}
+        return JSONResponse(body, status_code=503, headers=dict(response.headers))
+    request.scope.setdefault("state", {})[sessions.SESSION_ENDED] = True
+    return response
+
+
+async def end_session(state: AppState, credential: str | None) -> None:
+    """End the session a token names, if it is one of ours; anything else is ignored."""
+    if not credential or credential.startswith("dev_"):
+        return
+    try:
+        session = read_session_claims(state.settings.secret_key, credential)
+    except Unauthorized:
+        return
+    await sessions.end(state, session)
 
 
 @router.get("/me")

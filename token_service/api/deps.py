@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 
-from token_service.auth import Principal, hash_device_token, read_session
+from token_service import sessions
+from token_service.auth import Principal, hash_device_token, read_session_claims
 from token_service.errors import Unauthorized
 from token_service.models import Device, User
 from token_service.state import AppState
@@ -36,24 +37,37 @@ async def _load(state: AppState, credential: str) -> Principal | None:
     cache: dict[str, tuple[float, Principal | None]] = state.extras.setdefault("principals", {})
     hit = cache.get(credential)
     if hit and time.monotonic() - hit[0] < _PRINCIPAL_TTL_S:
-        return hit[1]
-    principal: Principal | None = None
-    async with state.engine.connect() as conn:
-        if credential.startswith("dev_"):
+        principal = hit[1]
+    else:
+        principal = await _lookup(state, credential)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[credential] = (time.monotonic(), principal)
+    # Logout, a password reset or a deactivation ends a session in Redis; that is checked on every
+    # request (one ZSCORE), never cached, so a copied token stops working at once in every worker.
+    if principal is not None and principal.session is not None:
+        if not await sessions.is_live(state, principal.session):
+            raise Unauthorized("this session has ended (logged out or revoked); log in again")
+    return principal
+
+
+async def _lookup(state: AppState, credential: str) -> Principal | None:
+    if credential.startswith("dev_"):
+        async with state.engine.connect() as conn:
             drow = (
                 await conn.execute(select(Device).where(Device.token_hash == hash_device_token(credential)))  # type: ignore[arg-type]
             ).first()
-            if drow is not None and drow.active:
-                principal = Principal("device", drow.name, drow.kind, drow.hip_id, device_id=drow.id)
-        else:
-            user_id = read_session(state.settings.secret_key, credential)
-            row = (await conn.execute(select(User).where(User.id == user_id))).first()  # type: ignore[arg-type]
-            if row is not None and row.active:
-                principal = Principal("user", row.username, row.role, row.hip_id, tuple(row.counters or ()))
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[credential] = (time.monotonic(), principal)
-    return principal
+        if drow is not None and drow.active:
+            return Principal("device", drow.name, drow.kind, drow.hip_id, device_id=drow.id)
+        return None
+    session = read_session_claims(state.settings.secret_key, credential)
+    async with state.engine.connect() as conn:
+        row = (await conn.execute(select(User).where(User.id == session.user_id))).first()  # type: ignore[arg-type]
+    if row is not None and row.active:
+        return Principal(
+            "user", row.username, row.role, row.hip_id, tuple(row.counters or ()), session=session
+        )
+    return None
 
 
 async def optional_principal(request: Request, state: StateDep) -> Principal | None:

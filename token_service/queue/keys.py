@@ -71,6 +71,15 @@ def rescan_key(hip_id: str, counter: str, local_date: str, abha_address: str) ->
     return facility_prefix(hip_id) + f"a:{counter}:{local_date}:{abha_address}"
 
 
+def sessions_key(user_id: int) -> str:
+    """A staff user's live sessions: a sorted set of session ids (the token's ``jti``) scored by their
+    expiry (unix s). Login adds one, logout removes it, a password reset or deactivation deletes the
+    key; a session token whose id is not here is refused. Users have no facility tag (a global admin
+    has no facility), so the user id is the tag: every operation touches this one key. It expires
+    with the user's last session."""
+    return f"{ROOT}:{{user:{user_id}}}:sessions"
+
+
 def hip_of_token_id(token_id: str) -> str:
     """Token ids are ``HIP.COUNTER.YYYYMMDD.NNNNN``; the facility is recoverable without a lookup."""
     return token_id.split(".", 1)[0]
