@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     rate_limit_issue_per_minute: int = Field(default=30, ge=0)
     # Days after which the daily job clears patients' personal data from tokens; 0 turns the job off.
     retention_days: int = Field(default=90, ge=0)
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated addresses
+    # or networks ("10.0.0.5,192.168.1.0/24"; "*" trusts every peer). Empty: nobody, the TCP peer is the
+    # client.
+    forwarded_allow_ips: str = ""
 
     @property
     def jwks_url(self) -> str:

@@ -1,4 +1,4 @@
-"""Security headers on every response, the request-rate limits, logout ending sessions, the daily purge."""
+"""Security headers on every response, proxy headers, rate limits, logout ends sessions, the daily purge."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import MutableHeaders
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from token_service.api.auth import end_session
@@ -176,6 +177,11 @@ def install(app: FastAPI) -> None:
     # Added last, so outermost: the 429s of the limiter and the 403s of the CSRF guard get headers too.
     app.add_middleware(RateLimits)
     app.add_middleware(SecurityHeaders)
+    trusted = app.state.settings.forwarded_allow_ips.strip()
+    if trusted:
+        # Outermost of all: behind a reverse proxy the client address (rate limits, login lockouts) is
+        # taken from X-Forwarded-For, but only when the peer is one of the configured proxies.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
     tasks: list[asyncio.Task[None]] = []
 
     async def start_purge(state: AppState) -> None:
