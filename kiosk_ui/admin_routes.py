@@ -95,7 +95,8 @@ async def settings_page(request: Request) -> Response:
         return g.response
     zones = sorted(available_timezones())
     return await show(request, g, "settings", "settings.html", {"zones": zones, "common_zones": COMMON_ZONES,
-                      "default_validity": get_state(request).settings.token_validity_seconds})  # fmt: skip
+                      "default_validity": get_state(request).settings.token_validity_seconds,
+                      "boards_public": get_state(request).settings.board_public})  # fmt: skip
 
 
 @router.get("/admin/counters")

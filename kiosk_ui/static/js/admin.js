@@ -1,7 +1,8 @@
 /*
  * Admin pages: forms and buttons that call the admin JSON API with fetch (base.js adds the CSRF header).
  * A form names its endpoint in data-api / data-method; each field's name is its JSON key ("names.hi"
- * nests), data-kind converts it (int, minutes → seconds, list), data-optional leaves an empty field out.
+ * nests), data-kind converts it (int, minutes → seconds, list, bool = a checkbox's state), data-optional
+ * leaves an empty field out.
  * A response carrying a one-time secret (data-secret="token" | "password") is shown once, then reloads.
  */
 (function () {
@@ -38,6 +39,7 @@
         if (on) lists[el.name].values.push(el.value);
         return;
       }
+      if (kind === "bool") { put(body, el.name, el.checked); return; }
       var raw = el.value.trim();
       if (raw === "") {
         if (el.dataset.emptyFlag) { body[el.dataset.emptyFlag] = true; return; }

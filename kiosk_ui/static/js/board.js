@@ -2,6 +2,7 @@
  * Display board: now serving per desk, the last calls, waiting counts; chime + spoken call-out per call.
  * State comes only from the server (snapshot on every (re)connect, then call/update events), so a board
  * that was offline shows the right state when it returns. window.boardState is read by tests.
+ * When the facility shows names, entries carry `name`, already masked by the server ("R**** K****").
  */
 (function () {
   "use strict";
@@ -50,6 +51,7 @@
       if (now && isFresh(now)) tile.classList.add("fresh");
       tile.appendChild(el("div", "tile-desk", d.name || d.desk));
       tile.appendChild(el("div", "tile-token" + (now ? "" : " empty"), now ? now.label : "—"));
+      if (now && now.name) tile.appendChild(el("div", "tile-name", now.name));
       tile.appendChild(el("div", "tile-counter", now ? counterName(now.counter) : " "));
       box.appendChild(tile);
     });
@@ -64,6 +66,7 @@
       li.appendChild(el("span", "r-arrow", "→"));
       li.appendChild(el("span", "r-desk", c.desk_name || c.desk));
       li.appendChild(el("span", "r-time", clock.format(new Date(c.at))));
+      if (c.name) li.appendChild(el("span", "r-name", c.name));
       list.appendChild(li);
     });
   }
@@ -94,7 +97,16 @@
     render();
   }
 
+  function knownName(call) {
+    // A first call arrives before its masked name (the update right after carries it); a recall has it.
+    var seen = state.desks.map(function (d) { return d.now; }).concat(state.recent).filter(function (c) {
+      return c && c.label === call.label && c.counter === call.counter && c.name;
+    })[0];
+    return seen ? seen.name : undefined;
+  }
+
   function onCall(call) {
+    if (!call.name && knownName(call)) call.name = knownName(call);
     state.calls.push(call);
     if (state.calls.length > 200) state.calls.shift();
     state.highlighted = { label: call.label, desk: call.desk, shownAt: Date.now() };
