@@ -167,3 +167,32 @@ def test_screenshots_of_every_admin_page(browser: Any, service: ServiceProc, art
             assert page.locator("html").get_attribute("lang") == lang
         assert problems == [], (lang, problems)
         ctx.close()
+
+
+def test_board_switches_on_the_settings_page(browser: Any, service: ServiceProc) -> None:
+    ctx, page, problems = admin_page(browser, service.url, "hi")
+    assert not page.is_checked("#fac-board-names") and not page.is_checked("#fac-board-device")
+    assert page.locator("#board-private-service").count() == 0  # OPD_BOARD_PUBLIC is on
+    page.check("#fac-board-names")
+    page.check("#fac-board-device")
+    with page.expect_navigation():  # saved: the page reloads with the new values
+        page.click("#settings-save")
+    page.wait_for_selector("#flash:not(.hidden)")
+    assert page.is_checked("#fac-board-names") and page.is_checked("#fac-board-device")
+    with httpx.Client(base_url=service.url) as http:
+        r = http.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
+        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        http.cookies.clear()
+        got = http.get(f"/api/admin/facilities/{HIP}/settings", headers=h).json()
+        assert (got["board_names"], got["board_requires_device"], got["board_public"]) == (True, True, False)
+        assert http.get(f"/api/facilities/{HIP}/board").status_code == 401  # at once, no restart
+        page.uncheck("#fac-board-device")
+        with page.expect_navigation():
+            page.click("#settings-save")
+        page.wait_for_selector("#flash:not(.hidden)")
+        assert not page.is_checked("#fac-board-device") and page.is_checked("#fac-board-names")
+        assert http.get(f"/api/facilities/{HIP}/board").status_code == 200
+        got = http.get(f"/api/admin/facilities/{HIP}/settings", headers=h).json()
+        assert (got["board_names"], got["board_requires_device"]) == (True, False)
+    assert problems == []
+    ctx.close()

@@ -289,3 +289,52 @@ def test_screenshots_in_three_languages(browser: Any, service: ServiceProc, arti
         status.wait_for_function("() => window.statusState && window.statusState.updates >= 1")
         status.screenshot(path=str(artifacts / f"ui-status-{lang}.png"))
         assert first["label"] in board.inner_text("#desk-tiles")
+
+
+def test_board_with_masked_names_shows_no_full_names(
+    browser: Any, service: ServiceProc, artifacts: Path
+) -> None:
+    admin = Api(service.url, "admin")
+    r = admin.http.patch(f"/api/admin/facilities/{HIP}/settings", json={"board_names": True})
+    assert r.status_code == 200 and r.json()["board_names"] is True
+    api = Api(service.url)
+    card = api.issue(abha_qr=json.dumps(CARD))
+    sita = api.issue(name="सीता देवी शर्मा")
+    api.issue(name="Sita Devi Sharma", counter="OPD2")
+    api.issue()
+    api.call("D1")
+    board = open_board(browser, service.url)
+    board.wait_for_function(f"() => {TILE % 'D1'}.textContent === 'A1'")
+    board.wait_for_selector('.desk-tile[data-desk="D1"] .tile-name')
+    assert board.inner_text('.desk-tile[data-desk="D1"] .tile-name') == "R**** K****"
+    api.call("D2")  # the call shows at once; its masked name follows with the update
+    board.wait_for_function(
+        "() => { const n = document.querySelector('.desk-tile[data-desk=\"D2\"] .tile-name');"
+        " return n && n.textContent === 'सी**** दे****'; }"
+    )  # fmt: skip
+    assert board.inner_text("#recent-list").count("****") == 4
+    seen = [board.content(), json.dumps(board.evaluate("() => window.boardState"), ensure_ascii=False)]
+    with httpx.Client(base_url=service.url, timeout=5) as anon:
+        for path in (f"/board/{HIP}", f"/api/facilities/{HIP}/board", f"/t/{card['public_id']}",
+                     f"/api/status/{card['public_id']}", f"/t/{sita['public_id']}"):  # fmt: skip
+            r = anon.get(path)
+            assert r.status_code == 200, path
+            if "/t/" in path or "/status/" in path:
+                assert "****" not in r.text, path  # the status page shows no name, not even masked
+            seen.append(r.text)
+        for path in (f"/api/facilities/{HIP}/board/events", f"/api/status/{card['public_id']}/events"):
+            with anon.stream("GET", path) as resp:
+                for line in resp.iter_lines():
+                    if line.startswith("data:"):
+                        seen.append(line)
+                        break
+    blob = "\n".join(seen)
+    assert "R**** K****" in blob and "सी**** दे****" in blob
+    for secret in (*PRIVATE, "सीता देवी शर्मा", "सीता", "Ramesh Kumar", "ramesh.k1979"):
+        assert secret not in blob, secret
+    for lang in ("en", "hi"):
+        board.goto(f"{service.url}/board/{HIP}?lang={lang}")
+        board.wait_for_function("() => window.boardState.snapshots >= 1")
+        board.wait_for_selector('.desk-tile[data-desk="D2"] .tile-name')
+        board.evaluate("document.fonts.ready")
+        board.screenshot(path=str(artifacts / f"ui-board-names-{lang}.png"))
