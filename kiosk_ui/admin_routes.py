@@ -44,7 +44,7 @@ async def gate(request: Request) -> Gate:
                                                 "link": "/console", "link_text": t("admin.to_console")},
                       status_code=403)  # fmt: skip
         return Gate(principal, "", page)
-    state = get_state(request)
+    state = await get_state(request)
     # A global admin (no facility of their own) picks one with ?hip=; default the first.
     hip_id = (
         principal.hip_id or request.query_params.get("hip") or next(iter(await state.directory.hip_ids()), "")
@@ -64,7 +64,7 @@ def page_data(payload: dict[str, Any]) -> str:
 
 
 async def show(request: Request, g: Gate, section: str, template: str, ctx: dict[str, Any]) -> Response:
-    state = get_state(request)
+    state = await get_state(request)
     t = Translator(pick_lang(request))
     async with state.engine.connect() as conn:
         fac = await admin_store.facility(conn, g.hip_id)
@@ -95,8 +95,8 @@ async def settings_page(request: Request) -> Response:
         return g.response
     zones = sorted(available_timezones())
     return await show(request, g, "settings", "settings.html", {"zones": zones, "common_zones": COMMON_ZONES,
-                      "default_validity": get_state(request).settings.token_validity_seconds,
-                      "boards_public": get_state(request).settings.board_public})  # fmt: skip
+                      "default_validity": (await get_state(request)).settings.token_validity_seconds,
+                      "boards_public": (await get_state(request)).settings.board_public})  # fmt: skip
 
 
 @router.get("/admin/counters")
@@ -104,7 +104,7 @@ async def counters_page(request: Request) -> Response:
     g = await gate(request)
     if g.response:
         return g.response
-    async with get_state(request).engine.connect() as conn:
+    async with (await get_state(request)).engine.connect() as conn:
         counters = await admin_store.counters(conn, g.hip_id)
         desks = await admin_store.desks(conn, g.hip_id)
     return await show(request, g, "counters", "counters.html", {"counters": counters, "desks": desks})
@@ -115,7 +115,7 @@ async def desks_page(request: Request) -> Response:
     g = await gate(request)
     if g.response:
         return g.response
-    async with get_state(request).engine.connect() as conn:
+    async with (await get_state(request)).engine.connect() as conn:
         counters = await admin_store.counters(conn, g.hip_id)
         desks = await admin_store.desks(conn, g.hip_id)
     return await show(request, g, "desks", "desks.html", {"counters": counters, "desks": desks})
@@ -126,7 +126,7 @@ async def users_page(request: Request) -> Response:
     g = await gate(request)
     if g.response:
         return g.response
-    async with get_state(request).engine.connect() as conn:
+    async with (await get_state(request)).engine.connect() as conn:
         counters = await admin_store.counters(conn, g.hip_id)
         users = await admin_store.users(conn, g.hip_id)
     return await show(request, g, "users", "users.html", {"counters": counters, "users": users})
@@ -137,7 +137,7 @@ async def devices_page(request: Request) -> Response:
     g = await gate(request)
     if g.response:
         return g.response
-    state = get_state(request)
+    state = await get_state(request)
     t = Translator(pick_lang(request))
     async with state.engine.connect() as conn:
         fac = await admin_store.facility(conn, g.hip_id)
@@ -176,7 +176,7 @@ async def reports_page(request: Request) -> Response:
     g = await gate(request)
     if g.response:
         return g.response
-    state = get_state(request)
+    state = await get_state(request)
     async with state.engine.connect() as conn:
         report = await reports.daily_report(conn, g.hip_id, _day(request.query_params.get("date")),
                                             state.clock.now_ms())  # fmt: skip
@@ -209,7 +209,7 @@ async def audit_page(request: Request) -> Response:
     g = await gate(request)
     if g.response:
         return g.response
-    state = get_state(request)
+    state = await get_state(request)
     t = Translator(pick_lang(request))
     before = request.query_params.get("before", "")
     async with state.engine.connect() as conn:

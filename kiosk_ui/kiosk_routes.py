@@ -57,7 +57,7 @@ def page_data(cfg: FacilityConfig, lang: str) -> dict[str, Any]:
 
 @router.get("/kiosk/{hip_id}")
 async def kiosk_page(request: Request, hip_id: str) -> Response:
-    state = get_state(request)
+    state = await get_state(request)
     try:
         cfg = await state.directory.get(hip_id)
     except NotFound:

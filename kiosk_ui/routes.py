@@ -76,7 +76,7 @@ class CsrfGuard:
 
 
 async def page_principal(request: Request) -> Principal | None:
-    return await optional_principal(request, get_state(request))
+    return await optional_principal(request, await get_state(request))
 
 
 def _safe_next(value: str | None, default: str) -> str:
@@ -152,7 +152,7 @@ async def login_submit(request: Request) -> Response:
         body = LoginIn(username=username, password=str(form.get("password", ""))[:256])
     except ValueError:
         return again(t("login.error_missing"), 422)
-    state = get_state(request)
+    state = await get_state(request)
     carrier = Response()
     try:
         result = await auth_api.login(body, carrier, state)
@@ -205,7 +205,7 @@ async def console_page(request: Request) -> Response:
     principal = await page_principal(request)
     if principal is None or principal.kind != "user":
         return login_redirect(request)
-    state = get_state(request)
+    state = await get_state(request)
     hip_id = (
         principal.hip_id or request.query_params.get("hip") or next(iter(await state.directory.hip_ids()), "")
     )
@@ -236,7 +236,7 @@ async def console_page(request: Request) -> Response:
 
 @router.get("/board/{hip_id}")
 async def board_page(request: Request, hip_id: str) -> Response:
-    state = get_state(request)
+    state = await get_state(request)
     t = Translator(pick_lang(request))
     try:
         cfg = await state.directory.get(hip_id)
@@ -255,7 +255,7 @@ async def board_page(request: Request, hip_id: str) -> Response:
 async def status_page(request: Request, public_id: str) -> Response:
     from token_service.api.board import lookup_of
 
-    state = get_state(request)
+    state = await get_state(request)
     t = Translator(pick_lang(request))
     try:
         if not public_id.replace("-", "").replace("_", "").isalnum() or len(public_id) > 32:
