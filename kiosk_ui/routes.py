@@ -30,7 +30,7 @@ from token_service.api.deps import SESSION_COOKIE, get_state, optional_principal
 from token_service.api.schemas import LoginIn
 from token_service.auth import Principal
 from token_service.directory import FacilityConfig
-from token_service.errors import NotFound, Unauthorized
+from token_service.errors import Forbidden, NotFound, Unauthorized
 from token_service.ratelimit import RateLimited
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -236,12 +236,17 @@ async def console_page(request: Request) -> Response:
 
 @router.get("/board/{hip_id}")
 async def board_page(request: Request, hip_id: str) -> Response:
+    from token_service.api.board import board_access
+
     state = await get_state(request)
     t = Translator(pick_lang(request))
     try:
-        cfg = await state.directory.get(hip_id)
+        cfg = await board_access(request, state, hip_id)
     except NotFound:
         return render(request, "message.html", {"message": t("app.not_found")}, status_code=404)
+    except (Unauthorized, Forbidden) as exc:  # the facility (or service) requires a board device token
+        code = 401 if isinstance(exc, Unauthorized) else 403
+        return render(request, "message.html", {"message": t("board.needs_device")}, status_code=code)
     query = {k: v for k, v in request.query_params.items() if k in ("counters", "department", "token")}
     data = {
         "hip_id": hip_id, "query": query, "lang": t.lang, "languages": list(cfg.facility.languages or ["en"]),

@@ -94,6 +94,11 @@ async def test_facility_can_require_a_board_device(tmp_path: Path, redis_url: st
         assert (await client.get(f"{BOARD}?token={foreign}")).status_code == 403
         assert (await client.get(BOARD, headers=bearer("dev_not-a-real-token"))).status_code == 401
         assert (await client.get(BOARD, headers=admin)).status_code == 200  # staff of the facility
+        page = await client.get(f"/board/{HIP}?lang=hi")  # the page says what is missing
+        assert page.status_code == 401 and "बोर्ड डिवाइस टोकन" in page.text
+        page = await client.get(f"/board/{HIP}?token={s.devices['board1']}")
+        assert page.status_code == 200 and 'id="desk-tiles"' in page.text
+        assert (await client.get(f"/board/{HIP}?token={foreign}")).status_code == 403
         # The other facility's own board stays public: the switch is per facility.
         assert (await client.get(f"/api/facilities/{OTHER}/board")).status_code == 200
 
