@@ -201,6 +201,9 @@ async def test_hub_survives_a_redis_restart(tmp_path: Path) -> None:
                 assert (await _next_kind(listener, "offline", 10)).kind == "offline"
                 own.start()
                 assert (await _next_kind(listener, "resync", 15)).kind == "resync"
+                # This Redis has no persistence: it came back empty, sessions included, so sign in again.
+                assert (await client.get("/api/auth/me", headers=h)).status_code == 401
+                h = await login(client, "clerk")
                 r = await client.post(f"/api/facilities/{HIP}/counters/OPD1/tokens", json={}, headers=h)
                 assert r.status_code == 201
                 msg = await _next_event(listener, "issued")
