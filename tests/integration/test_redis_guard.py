@@ -1,0 +1,116 @@
+"""The Redis circuit breaker on its own, against a real redis-server (and a real 3-master cluster) that is
+stopped with SIGSTOP: one socket timeout, then failures at once as connection errors, then recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tests.support.cluster import RedisClusterProc, cluster_tools_available
+from tests.support.servers import RedisProc
+from token_service.app import redis_client
+from token_service.redis_guard import PROBE_TIMEOUT_S, RedisBreaker, RedisUnavailable, guard
+
+TIMEOUT_S = 1.0
+
+
+def guarded(url: str) -> tuple[Redis, RedisBreaker]:
+    probe = {"socket_timeout": PROBE_TIMEOUT_S, "socket_connect_timeout": PROBE_TIMEOUT_S}
+    breaker = RedisBreaker(lambda: redis_client(url, **probe))
+    client = redis_client(
+        url, decode_responses=True, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+    )
+    return guard(client, breaker), breaker
+
+
+async def timed_incr(client: Redis, key: str) -> tuple[str, float]:
+    sent = time.monotonic()
+    try:
+        await client.incr(key)
+        outcome = "ok"
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        outcome = type(exc).__name__
+    return outcome, time.monotonic() - sent
+
+
+async def until_ok(client: Redis, key: str, within_s: float) -> float:
+    start = time.monotonic()
+    while (await timed_incr(client, key))[0] != "ok":
+        assert time.monotonic() - start < within_s, "Redis did not come back"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+async def hang_and_recover(client: Redis, breaker: RedisBreaker, pid: int, key: str) -> None:
+    await client.set(key, 0)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        early = [asyncio.create_task(timed_incr(client, key)) for _ in range(4)]
+        await asyncio.sleep(TIMEOUT_S / 2)
+        late = [asyncio.create_task(timed_incr(client, key)) for _ in range(4)]
+        results = await asyncio.gather(*early, *late)
+        opened = time.monotonic()
+        # Nobody waits longer than the first timeout: the late ones are cut short when it opens.
+        assert all(outcome != "ok" for outcome, _ in results), results
+        assert opened - stopped < TIMEOUT_S + 0.5, results
+        assert all(took < TIMEOUT_S / 2 + 0.3 for _, took in results[4:]), results
+        assert breaker.is_open
+        # From now on: a connection error at once, no network wait.
+        for _ in range(20):
+            outcome, took = await timed_incr(client, key)
+            assert outcome == RedisUnavailable.__name__ and took < 0.05, (outcome, took)
+        with pytest.raises(RedisConnectionError):
+            await client.ping()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    took = await until_ok(client, key, within_s=2.0)
+    assert not breaker.is_open and took < 1.5, took
+
+
+async def test_breaker_on_a_hung_redis() -> None:
+    rproc = RedisProc().start()
+    assert rproc.proc is not None
+    try:
+        client, breaker = guarded(rproc.url)
+        await hang_and_recover(client, breaker, rproc.proc.pid, "guard:n")
+        # Pipelines (MULTI/EXEC on one connection) work again too.
+        async with client.pipeline(transaction=True) as pipe:
+            assert await pipe.incr("guard:n").get("guard:n").execute() is not None
+        assert breaker.trips == 1
+        await breaker.aclose()
+        await client.aclose()
+    finally:
+        rproc.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterProc]:
+    if not cluster_tools_available():
+        pytest.skip("redis-server / redis-cli for a local cluster not available")
+    proc = RedisClusterProc().start()
+    yield proc
+    proc.cleanup()
+
+
+async def test_breaker_on_a_hung_cluster_node(cluster: RedisClusterProc) -> None:
+    """The cluster client reports unreachable nodes as `RedisClusterException`, which is no connection
+    error; with the breaker open its topology refresh fails as `RedisUnavailable` instead (a 503)."""
+    client, breaker = guarded(cluster.url)
+    try:
+        await client.initialize()  # type: ignore[attr-defined]
+        key = "{IN0710000123}:guard"
+        node = client.get_node_from_key(key)  # type: ignore[attr-defined]
+        pid = cluster.procs[cluster.ports.index(int(node.port))].pid
+        await hang_and_recover(client, breaker, pid, key)
+    finally:
+        await breaker.aclose()
+        await client.aclose()
