@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis as sync_redis
 from sqlalchemy import text
 
 from tests.support.app import login, make_settings, running_app, seed
+from token_service.queue import keys
 from token_service.records.db import sync_engine
 
 HIP = "IN0710000123"
@@ -94,7 +94,12 @@ async def test_bad_input_never_changes_state(tmp_path: Path, redis_url: str, dat
         token_id = r.json()["id"]
         import asyncio
 
-        await asyncio.sleep(0.3)  # the recorder has written the issue event
+        stream = sync_redis.Redis.from_url(redis_url)
+        for _ in range(100):  # until the recorder has written the issue event
+            if not stream.xlen(keys.events_stream(HIP)):
+                break
+            await asyncio.sleep(0.1)
+        stream.close()
         before_redis, before_sql = redis_state(redis_url), sql_state(settings)
         for method, path, body, allowed in cases(token_id):
             kwargs: dict[str, Any] = {"headers": {**h, "content-type": "application/json"}}

@@ -353,3 +353,37 @@ async def test_garbage_tokens_only_invalid_gateway_token(state: SandboxState, ra
         verifier = GatewayJWTVerifier(JWKS_URL, client)
         with pytest.raises(InvalidGatewayToken):
             await verifier.verify(f"Bearer {raw}")
+
+
+async def test_verified_token_is_remembered_until_it_expires(
+    http: httpx.AsyncClient, state: SandboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = GatewayJWTVerifier(JWKS_URL, http, leeway_s=0)
+    decoded: list[str] = []
+    real_decode = verifier._decode
+
+    def counting(token: str, key: Any) -> dict[str, Any]:
+        decoded.append(token)
+        return real_decode(token, key)
+
+    monkeypatch.setattr(verifier, "_decode", counting)
+    token = state.sign_gateway_jwt(ttl_s=1)
+    first = await verifier.verify(f"Bearer {token}")
+    assert await verifier.verify(f"Bearer {token}") == first
+    assert decoded == [token]  # the signature was checked once
+    await asyncio.sleep(1.2)
+    with pytest.raises(InvalidGatewayToken, match="expired"):
+        await verifier.verify(f"Bearer {token}")
+    assert decoded == [token, token]
+
+
+async def test_remembered_token_goes_with_its_key(http: httpx.AsyncClient, server: JWKSServer) -> None:
+    old, new = SandboxState(), SandboxState()
+    server.state = old
+    verifier = GatewayJWTVerifier(JWKS_URL, http, min_refetch_interval_s=0)
+    old_token = old.sign_gateway_jwt()
+    await verifier.verify(f"Bearer {old_token}")
+    server.state = new  # the gateway rotated its key and dropped the old one
+    await verifier.verify(f"Bearer {new.sign_gateway_jwt()}")
+    with pytest.raises(InvalidGatewayToken):
+        await verifier.verify(f"Bearer {old_token}")

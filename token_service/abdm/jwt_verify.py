@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # `alg: none` and the HS256-with-the-public-key confusion attack.
 ALGORITHM = "RS256"
 MAX_TOKEN_LEN = 16 * 1024
+VERIFIED_MAX = 4096  # tokens remembered as verified (the gateway holds a handful at a time)
 
 
 class InvalidGatewayToken(Exception):
@@ -103,10 +104,21 @@ class GatewayJWTVerifier:
         self._last_attempt_at: float | None = None
         self._lock = asyncio.Lock()
         self.fetch_count = 0
+        # The gateway reuses one bearer for many calls: a token verified once is remembered (claims,
+        # kid) until it expires, so the RSA check runs once per token, not once per share. A kid
+        # that leaves the key set takes its tokens with it.
+        self._verified: dict[str, tuple[dict[str, Any], str]] = {}
 
     async def verify(self, authorization_header: str | None) -> dict[str, Any]:
         """The verified claims, or `InvalidGatewayToken` with a reason safe to log."""
         token = bearer_token(authorization_header)
+        known = self._verified.get(token)
+        if known is not None:
+            claims, known_kid = known
+            fresh = not self._stale() and self._cached(known_kid) is not None
+            if fresh and time.time() < claims["exp"] + self._leeway_s:
+                return claims
+            del self._verified[token]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -121,6 +133,10 @@ class GatewayJWTVerifier:
         claims = self._decode(token, key)
         self._check_audience(claims)
         self._check_role(claims)
+        if isinstance(claims.get("exp"), int | float):
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.pop(next(iter(self._verified)))  # the oldest
+            self._verified[token] = (claims, kid)
         return claims
 
     async def refresh(self) -> None:

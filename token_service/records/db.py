@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from token_service.config import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -31,9 +33,17 @@ def _prepare(settings: Settings) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# JSON columns (patient snapshots, on-share payloads, audit details) through orjson: several per share.
+_JSON: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+
+
 def sync_engine(settings: Settings) -> Engine:
     _prepare(settings)
-    engine = create_engine(settings.sqlalchemy_url, pool_pre_ping=True)
+    engine = create_engine(settings.sqlalchemy_url, pool_pre_ping=True, **_JSON)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -42,7 +52,7 @@ def sync_engine(settings: Settings) -> Engine:
 def async_engine(settings: Settings) -> AsyncEngine:
     _prepare(settings)
     url = settings.async_sqlalchemy_url
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, **_JSON}
     if not url.startswith("sqlite"):
         kwargs.update(pool_size=10, max_overflow=10, pool_timeout=5)
     engine = create_async_engine(url, **kwargs)
@@ -52,6 +62,9 @@ def async_engine(settings: Settings) -> AsyncEngine:
 
 
 def alembic_config(settings: Settings) -> Config:
+    # Alembic (with Mako and Pygments) costs ~12 MB; it is loaded where migrations run, not in workers.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
@@ -60,5 +73,7 @@ def alembic_config(settings: Settings) -> Config:
 
 def migrate(settings: Settings) -> None:
     """Bring the schema to the newest revision (idempotent; run before workers start)."""
+    from alembic import command
+
     _prepare(settings)
     command.upgrade(alembic_config(settings), "head")

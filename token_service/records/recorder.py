@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,10 @@ GROUP = "recorder"
 BATCH = 500
 # An entry a live worker took is acked within milliseconds; 5 s idle means its worker died.
 CLAIM_IDLE_MS = 5_000
+# The request that changed a token writes it through itself; the recorder copies an entry once it is
+# this old, so it upserts rows whose write-through has committed instead of waiting on their row locks
+# (which tied one worker's writer to the other's at the morning rush).
+SETTLE_MS = 500
 
 
 def parse_event(raw: bytes | str) -> tuple[str, int, str, Token]:
@@ -75,7 +80,7 @@ class Recorder:
             if n == 0:
                 return total
 
-    async def _once(self, hip_id: str, claim: bool) -> int:
+    async def _once(self, hip_id: str, claim: bool, settle: bool = False) -> int:
         stream = keys.events_stream(hip_id)
         await self._ensure_group(stream)
         entries: list[tuple[str, dict[str, Any]]] = []
@@ -90,6 +95,12 @@ class Recorder:
                 entries.extend(items)
         if not entries:
             return 0
+        if settle:
+            newest_ms = int(entries[-1][0].split("-")[0])
+            # Entry ids carry Redis's clock: capped, so a skewed clock cannot stall the recorder.
+            wait_ms = min(SETTLE_MS, newest_ms + SETTLE_MS - time.time() * 1000)
+            if wait_ms > 0:
+                await asyncio.sleep(wait_ms / 1000)
         await self._record(hip_id, stream, entries)
         return len(entries)
 
@@ -108,8 +119,11 @@ class Recorder:
 
         rows = token_sql.token_rows(states) + [(token_sql.EVENT_INSERT, e) for e in events]
         await self.writer.submit_rows(rows)
-        await self.redis.xack(stream, GROUP, *ids)
-        await self.redis.xdel(stream, *ids)
+        # Ack and delete in one transaction: acked-but-kept entries would make the stream grow forever.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
         self.recorded += len(events)
 
     async def _run(self) -> None:
@@ -141,4 +155,4 @@ class Recorder:
             claimed = answer[1]
             if claimed:
                 await self._record(hip_id, stream, claimed)
-        return await self._once(hip_id, claim=False)
+        return await self._once(hip_id, claim=False, settle=True)
