@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from alembic import command
 from sqlalchemy import create_engine, inspect, text
 from sqlmodel import Session
 
-from tests.support.app import HIP, login, make_settings, running_app, seed
+from tests.support.app import HIP, PASSWORD, ServiceProc, login, make_settings, running_app, seed
 from token_service.api import board as board_api
 from token_service.api.live import Message, hub_of
 from token_service.auth import new_device_token
@@ -150,6 +151,38 @@ async def test_turning_the_switch_on_ends_open_anonymous_streams(tmp_path: Path,
         assert b"event: update" in await asyncio.wait_for(anext(device), 5)
         await device.aclose()
         assert (await client.get(BOARD, headers=bearer(s.devices["board1"]))).status_code == 200
+
+
+def test_a_change_reaches_every_worker_at_once(tmp_path: Path, redis_url: str) -> None:
+    """Two `serve` workers: without the announcement one of them would serve its cached facility config
+    (3 s) and keep answering anonymous boards after the admin required a device token."""
+    settings = make_settings(tmp_path, redis_url)
+    s = seed(settings)
+    svc = ServiceProc(settings, workers=2).start()
+    try:
+        for _ in range(30):  # fresh connections land on both workers and warm both caches
+            assert httpx.get(svc.url + BOARD, timeout=5).status_code == 200
+        with httpx.Client(base_url=svc.url, timeout=5) as http:
+            token = http.post("/api/auth/login", json={"username": "admin", "password": PASSWORD}).json()
+            http.cookies.clear()
+            admin = bearer(token["access_token"])
+            with httpx.stream("GET", svc.url + BOARD + "/events", timeout=10) as stream:
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("event:")) == "event: snapshot"
+                r = http.patch(f"{A}/settings", json={"board_requires_device": True}, headers=admin)
+                assert r.status_code == 200
+                # The open anonymous stream ends (whichever worker holds it).
+                rest = list(lines)
+                assert "event: snapshot" not in rest
+            time.sleep(0.3)
+            codes = [httpx.get(svc.url + BOARD, timeout=5).status_code for _ in range(30)]
+            assert codes == [401] * 30, codes
+            device = bearer(s.devices["board1"])
+            assert all(
+                httpx.get(svc.url + BOARD, headers=device, timeout=5).status_code == 200 for _ in range(10)
+            )
+    finally:
+        svc.stop()
 
 
 async def test_masked_names_on_the_board_only(tmp_path: Path, redis_url: str, database_url: str) -> None:
