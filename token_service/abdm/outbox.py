@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -117,11 +118,18 @@ redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
 return 1
 """
 
-# KEYS: due, lease. ARGV: id, now ms, beat prefix. Queue a pending row nobody holds; 1 if queued.
+# KEYS: due, lease. ARGV: id, now ms, beat prefix, this worker, 1 if this worker is sending it.
+# Queue a pending row nobody holds; 1 if queued. A lease naming this worker for an on-share it is not
+# sending is a claim whose answer was lost (a Redis timeout): it is released here, not after the lease.
 _REQUEUE_ORPHAN = (
     _HELD
     + """
-if held(KEYS[2], ARGV[3]) then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[4] then
+  if ARGV[5] == '1' then return 0 end
+elseif held(KEYS[2], ARGV[3]) then
+  return 0
+end
 redis.call('DEL', KEYS[2])
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -317,6 +325,7 @@ class Outbox:
         self._requeue = redis.register_script(_REQUEUE_ORPHAN)
         self._is_held = redis.register_script(_IS_HELD)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._sending: set[int] = set()  # on-share ids this worker has claimed and not yet let go
         self._tasks: list[asyncio.Task[None]] = []
         # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
         # tie up the pool's read-timeout machinery that the queue's short commands rely on.
@@ -428,7 +437,9 @@ class Outbox:
                 self._deliver(on_share_id, job, attempts), name=f"onshare-{on_share_id}"
             )
             self._inflight.add(task)
+            self._sending.add(on_share_id)
             task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(functools.partial(_let_go, self._sending, on_share_id))
         return len(flat) // 3
 
     # ---- delivery ----
@@ -490,8 +501,21 @@ class Outbox:
             status = "failed"
         if status != "pending":
             # The marker goes down before the SQL commit so no sweep can see "pending" and no lease.
-            await self._mark_done(job.on_share_id)
-        await self._record_attempt(job.on_share_id, result, duration_ms, status)
+            # Best effort: if Redis fails here, the SQL outcome below keeps the sweep away all the same.
+            try:
+                await self._mark_done(job.on_share_id)
+            except Exception as exc:
+                log.warning("on-share %s: done marker not set (%s)", job.on_share_id, type(exc).__name__)
+        try:
+            await self._record_attempt(job.on_share_id, result, duration_ms, status)
+        except Exception as exc:
+            if status != "sent":
+                raise
+            # Sent, but not recorded: never hand it back (that would send it twice). Its done marker
+            # keeps sweeps away until the deadline, after which a sweep records it as failed.
+            log.error("on-share %s was sent but SQL did not take its outcome: %s", job.on_share_id, exc)
+            ONSHARE_RESULTS.labels(status).inc()
+            return
         if status == "pending":
             await self._release(job.on_share_id, _now_ms() + int(backoff_s(attempts) * 1000), retried=True)
         else:
@@ -545,6 +569,10 @@ class Outbox:
 
     # ---- recovery ----
 
+    def _requeue_args(self, on_share_id: int) -> list[Any]:
+        mine = "1" if on_share_id in self._sending else "0"
+        return [on_share_id, _now_ms(), BEAT_PREFIX, self.worker, mine]
+
     async def sweep(self, limit: int = 2000) -> int:
         """Queue pending rows nobody holds (crash, restart, lost Redis); fail those past the deadline."""
         async with self.engine.connect() as conn:
@@ -566,7 +594,7 @@ class Outbox:
             # Cluster pipelines refuse scripts; these are the few rows nobody holds, one call each.
             for on_share_id in live:
                 found = await self._requeue(
-                    keys=[DUE_KEY, lease_key(on_share_id)], args=[on_share_id, _now_ms(), BEAT_PREFIX]
+                    keys=[DUE_KEY, lease_key(on_share_id)], args=self._requeue_args(on_share_id)
                 )
                 queued += int(found)
         elif live:
@@ -574,7 +602,7 @@ class Outbox:
                 for on_share_id in live:
                     await self._requeue(
                         keys=[DUE_KEY, lease_key(on_share_id)],
-                        args=[on_share_id, _now_ms(), BEAT_PREFIX],
+                        args=self._requeue_args(on_share_id),
                         client=pipe,
                     )
                 queued = sum(int(x) for x in await pipe.execute())
@@ -599,6 +627,10 @@ def _blocking_client(redis: Redis, socket_timeout: float) -> Redis:
     return Redis(
         connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=2, **kwargs)
     )
+
+
+def _let_go(sending: set[int], on_share_id: int, _task: asyncio.Task[None]) -> None:
+    sending.discard(on_share_id)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

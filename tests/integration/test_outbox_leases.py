@@ -1,0 +1,94 @@
+"""Outbox leases against a real Redis and SQL: who may send an on-share, and when it is taken over.
+
+The rules: a lease counts only while its worker's heartbeat lives; wake() never re-queues an on-share
+a live worker is sending; a sweep takes over a dead worker's lease, and releases a lease naming this
+worker for an on-share it is not sending (a claim whose answer was lost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from tests.support.app import make_settings
+from token_service.abdm.gateway import GatewayClient
+from token_service.abdm.outbox import BEAT_PREFIX, DUE_KEY, Outbox, OutboxEntry, lease_key
+from token_service.clock import SystemClock
+from token_service.records import db
+from token_service.records.writer import SqlWriter
+
+HIP = "IN0710000123"
+
+
+def entry(request_id: str) -> OutboxEntry:
+    return OutboxEntry(hip_id=HIP, request_id=request_id, version="v3", counter="OPD1",
+                       abha_address="a@sbx", token_id="t1", token_number="A1", expires_ms=None)  # fmt: skip
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path, redis_url: str) -> AsyncIterator[Outbox]:
+    settings = make_settings(tmp_path, redis_url)
+    db.migrate(settings)
+    engine = db.async_engine(settings)
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with httpx.AsyncClient() as http:
+        gateway = GatewayClient("http://127.0.0.1:9", "c", "s", "sbx", http)
+        box = Outbox(redis, engine, SqlWriter(engine), gateway, SystemClock(), 25.0)
+        try:
+            yield box
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+
+async def due(box: Outbox) -> set[str]:
+    return set(await box.redis.zrange(DUE_KEY, 0, -1))
+
+
+async def test_lease_outlives_the_longest_send(outbox: Outbox) -> None:
+    # A send is cut at the deadline; the lease must still be there when it ends.
+    assert outbox.lease_ms >= outbox.deadline_s * 1000 + 10_000
+
+
+async def test_wake_leaves_an_on_share_a_live_worker_is_sending(outbox: Outbox) -> None:
+    oid = await outbox.record(entry("r1"))
+    await outbox.redis.set(lease_key(oid), "other-worker")
+    await outbox.redis.set(BEAT_PREFIX + "other-worker", "1", px=5000)
+    await outbox.wake(oid, entry("r1"))
+    assert await due(outbox) == set()  # a second send now would duplicate it
+    assert await outbox.redis.get(lease_key(oid)) == "other-worker"
+    # The same lease with its worker gone (no heartbeat): wake() queues it.
+    await outbox.redis.delete(BEAT_PREFIX + "other-worker")
+    await outbox.wake(oid, entry("r1"))
+    assert await due(outbox) == {str(oid)}
+    assert await outbox.redis.get(lease_key(oid)) is None
+
+
+async def test_wake_rearms_a_finished_on_share(outbox: Outbox) -> None:
+    # The gateway delivered the same REQUEST-ID again after the on-share went out: one more is owed.
+    oid = await outbox.record(entry("r2"))
+    await outbox.redis.set(lease_key(oid), "done")
+    await outbox.wake(oid, entry("r2"))
+    assert await due(outbox) == {str(oid)}
+
+
+async def test_sweep_takes_over_only_what_nobody_holds(outbox: Outbox) -> None:
+    alive, dead, lost, ours, done = [await outbox.record(entry(f"s{i}")) for i in range(5)]
+    await outbox.redis.set(BEAT_PREFIX + "alive-worker", "1", px=5000)
+    await outbox.redis.set(lease_key(alive), "alive-worker")
+    await outbox.redis.set(lease_key(dead), "killed-worker")  # its heartbeat lapsed
+    await outbox.redis.set(lease_key(lost), outbox.worker)  # leased to us, but we are not sending it
+    await outbox.redis.set(lease_key(ours), outbox.worker)
+    outbox._sending.add(ours)  # noqa: SLF001 - what a claim in flight records
+    await outbox.redis.set(lease_key(done), "done")
+    queued = await outbox.sweep()
+    assert await due(outbox) == {str(dead), str(lost)}
+    assert queued == 2
+    assert await outbox.redis.get(lease_key(alive)) == "alive-worker"
+    assert await outbox.redis.get(lease_key(ours)) == outbox.worker
+    # A second sweep finds them already queued: nothing twice.
+    assert await outbox.sweep() == 0
