@@ -12,34 +12,21 @@ import httpx
 import pytest
 
 from printer.poster import counter_qr_url
-from tests.support.app import HIP, PASSWORD, ServiceProc, make_settings, seed
+from tests.support.app import HIP, PASSWORD, ServiceProc
+from tests.support.browser import log_in, new_page, running_browser, screenshot, seeded_service
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-VIEWPORT = {"width": 1920, "height": 1080}
 PAGES = ("settings", "counters", "desks", "users", "devices", "reports", "audit")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no Chromium at /usr/bin/chromium")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    yield from running_browser()
 
 
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str) -> Iterator[ServiceProc]:
-    settings = make_settings(tmp_path, redis_url)
-    seed(settings)
-    svc = ServiceProc(settings).start()
-    yield svc
-    svc.stop()
+    yield from seeded_service(tmp_path, redis_url)
 
 
 def some_traffic(base: str) -> None:
@@ -55,9 +42,9 @@ def some_traffic(base: str) -> None:
 
 
 def admin_page(browser: Any, base: str, lang: str = "en") -> tuple[Any, Any, list[str]]:
-    ctx = browser.new_context(viewport=VIEWPORT, locale="en-IN", accept_downloads=True)
+    page = new_page(browser, locale="en-IN", accept_downloads=True)
+    ctx = page.context
     ctx.add_cookies([{"name": "opd_lang", "value": lang, "url": base}])
-    page = ctx.new_page()
     problems: list[str] = []
     # Script errors and CSP refusals; failed requests are checked by URL below (a 409 can be expected).
     page.on(
@@ -75,9 +62,7 @@ def admin_page(browser: Any, base: str, lang: str = "en") -> tuple[Any, Any, lis
     )
     page.goto(base + "/admin")
     assert "/login" in page.url
-    page.fill("#username", "admin")
-    page.fill("#password", PASSWORD)
-    page.click("#login-submit")
+    log_in(page, "admin")
     page.wait_for_url(base + "/admin")
     return ctx, page, problems
 
@@ -163,7 +148,7 @@ def test_screenshots_of_every_admin_page(browser: Any, service: ServiceProc, art
             page.wait_for_load_state("load")
             if name == "counters":
                 page.click("#counter-OPD1 .edit-toggle")
-            page.screenshot(path=str(artifacts / f"admin-{name}-{lang}.png"), full_page=True)
+            screenshot(page, artifacts, f"admin-{name}-{lang}.png", full_page=True)
             assert page.locator("html").get_attribute("lang") == lang
         assert problems == [], (lang, problems)
         ctx.close()

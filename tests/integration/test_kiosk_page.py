@@ -18,11 +18,8 @@ import zxingcpp
 
 from printer.raster import decode_raster, join_vertical
 from tests.support.app import HIP, PASSWORD, Seed, ServiceProc, make_settings, running_app, seed
+from tests.support.browser import launch, screenshot
 
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 # The QR on a patient's own ABHA card (abdm-protocol.md section 6, card layout).
 CARD_QR = {
     "hidn": "91-1234-5678-9012", "hid": "ramesh.k1979@abdm", "name": "Ramesh Kumar", "gender": "M",
@@ -135,7 +132,7 @@ def test_kiosk_tap_prints_a_slip_whose_qr_is_the_status_url(
 
     service, s, printer = kiosk_site
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(pw)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -144,11 +141,11 @@ def test_kiosk_tap_prints_a_slip_whose_qr_is_the_status_url(
         page.goto(f"{service.url}/kiosk/{HIP}?device={s.devices['kiosk1']}&lang=en")
         assert "device=" not in page.url  # the token left the address bar (and history)
         expect(page.locator("#screen-home")).to_be_visible()
-        page.screenshot(path=str(artifacts / "kiosk_home_en.png"))
+        screenshot(page, artifacts, "kiosk_home_en.png")
         for lang, word in (("hi", "अपना विभाग छुएँ"), ("gu", "તમારો વિભાગ સ્પર્શ કરો")):
             page.click(f".kiosk-lang[data-lang={lang}]")
             expect(page.locator(".kiosk-prompt").first).to_have_text(word)
-            page.screenshot(path=str(artifacts / f"kiosk_home_{lang}.png"))
+            screenshot(page, artifacts, f"kiosk_home_{lang}.png")
         page.click(".kiosk-lang[data-lang=en]")
 
         started = time.monotonic()
@@ -159,7 +156,7 @@ def test_kiosk_tap_prints_a_slip_whose_qr_is_the_status_url(
         expect(page.locator("#kiosk-take")).to_have_text("Please take your slip")
         slip = printer.wait(1)
         print(f"tap -> slip bytes at the printer in {time.monotonic() - started:.2f} s")
-        page.screenshot(path=str(artifacts / "kiosk_done_en.png"))
+        screenshot(page, artifacts, "kiosk_done_en.png")
         assert page.locator("#kiosk-done-ok").bounding_box()["y"] + 70 < 800  # fits a 1280x800 screen
         token = _token(service, number.get_attribute("data-token-id") or "")
         assert on_screen == token["label"] == "A1"
@@ -171,11 +168,11 @@ def test_kiosk_tap_prints_a_slip_whose_qr_is_the_status_url(
         page.keyboard.type(json.dumps(CARD_QR, ensure_ascii=False))
         page.keyboard.press("Enter")
         expect(page.locator("#kiosk-card-bar")).to_have_class("kiosk-card-bar read")
-        page.screenshot(path=str(artifacts / "kiosk_card_read_hi.png"))
+        screenshot(page, artifacts, "kiosk_card_read_hi.png")
         page.click(".kiosk-counter[data-code=ORTHO]")
         expect(number).to_have_text("C1")
         expect(page.locator("#kiosk-take")).to_have_text("कृपया अपनी पर्ची ले लें")
-        page.screenshot(path=str(artifacts / "kiosk_done_hi.png"))
+        screenshot(page, artifacts, "kiosk_done_hi.png")
         card_slip = printer.wait(2)
         token = _token(service, number.get_attribute("data-token-id") or "")
         assert token["source"] == "abha_card" and token["patient"]["verified"] is False
@@ -191,7 +188,7 @@ def test_kiosk_tap_prints_a_slip_whose_qr_is_the_status_url(
         expect(page.locator("#kiosk-card-text")).to_have_text(
             "આ ક્યૂઆર કોડ આભા કાર્ડનો નથી. કૃપા કરીને ફરી પ્રયાસ કરો."
         )
-        page.screenshot(path=str(artifacts / "kiosk_card_bad_gu.png"))
+        screenshot(page, artifacts, "kiosk_card_bad_gu.png")
 
         # A revoked or wrong device token sends the kiosk to its setup screen.
         page.evaluate(f"window.localStorage.setItem('opd_kiosk_device:{HIP}', 'dev_wrong')")

@@ -16,13 +16,10 @@ import httpx
 import pytest
 
 from kiosk_ui.voice import callout_sequence
-from tests.support.app import HIP, PASSWORD, ServiceProc, make_settings, seed
+from tests.support.app import HIP, PASSWORD, ServiceProc
+from tests.support.browser import log_in, new_page, running_browser, screenshot, seeded_service
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-VIEWPORT = {"width": 1920, "height": 1080}
 CARD = {
     "hidn": "91-1234-5678-9012", "hid": "ramesh.k1979@abdm", "name": "Ramesh Kumar Verma", "gender": "M",
     "dob": "14/8/1979", "state name": "BIHAR", "district_name": "PATNA", "mobile": "9876543210",
@@ -35,22 +32,12 @@ PRIVATE = ("Ramesh Kumar Verma", "9876543210", "91-1234-5678-9012", "91123456789
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no Chromium at /usr/bin/chromium")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    yield from running_browser()
 
 
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str) -> Iterator[ServiceProc]:
-    settings = make_settings(tmp_path, redis_url)
-    seed(settings)
-    svc = ServiceProc(settings).start()
-    yield svc
-    svc.stop()
+    yield from seeded_service(tmp_path, redis_url)
 
 
 class Api:
@@ -77,21 +64,17 @@ class Api:
 
 
 def open_board(browser: Any, base: str, lang: str = "en", query: str = "") -> Any:
-    ctx = browser.new_context(viewport=VIEWPORT, locale="en-IN")
-    page = ctx.new_page()
+    page = new_page(browser, locale="en-IN")
     page.goto(f"{base}/board/{HIP}?lang={lang}&rate=4{query}")
     page.wait_for_function("() => window.boardState && window.boardState.snapshots >= 1", timeout=5000)
     return page
 
 
 def clerk_console(browser: Any, base: str, desk: str = "D1", lang: str = "en") -> Any:
-    ctx = browser.new_context(viewport=VIEWPORT, locale="en-IN", accept_downloads=True)
-    page = ctx.new_page()
+    page = new_page(browser, locale="en-IN", accept_downloads=True)
     page.goto(f"{base}/lang/{lang}?next=/console")
     assert "/login" in page.url
-    page.fill("#username", "clerk")
-    page.fill("#password", PASSWORD)
-    page.click("#login-submit")
+    log_in(page, "clerk")
     page.wait_for_url("**/console")
     page.click(f'a[data-desk="{desk}"]')
     page.wait_for_function("() => window.consoleState && window.consoleState.refreshes >= 1", timeout=5000)
@@ -191,8 +174,7 @@ def test_walk_in_with_abha_card_profile_and_fhir_export(browser: Any, service: S
 def test_status_page_position_updates_live(browser: Any, service: ServiceProc) -> None:
     api = Api(service.url)
     tokens = [api.issue() for _ in range(4)]
-    ctx = browser.new_context(viewport={"width": 412, "height": 860})
-    page = ctx.new_page()
+    page = new_page(browser, viewport={"width": 412, "height": 860})
     page.goto(f"{service.url}/t/{tokens[3]['public_id']}?lang=hi")
     page.wait_for_function("() => window.statusState && window.statusState.position === 3")
     assert "आपसे पहले 3" in page.inner_text("#status-position")
@@ -274,20 +256,20 @@ def test_screenshots_in_three_languages(browser: Any, service: ServiceProc, arti
     console = clerk_console(browser, service.url)
     board = open_board(browser, service.url)
     for lang in ("en", "hi", "gu"):
-        login = browser.new_context(viewport=VIEWPORT).new_page()
+        login = new_page(browser)
         login.goto(f"{service.url}/login?lang={lang}")
-        login.screenshot(path=str(artifacts / f"ui-login-{lang}.png"))
+        screenshot(login, artifacts, f"ui-login-{lang}.png")
         console.goto(f"{service.url}/console?desk=D2&lang={lang}")
         console.wait_for_function("() => window.consoleState.current && window.consoleState.current.patient")
-        console.screenshot(path=str(artifacts / f"ui-console-{lang}.png"))
+        screenshot(console, artifacts, f"ui-console-{lang}.png")
         board.goto(f"{service.url}/board/{HIP}?lang={lang}")
         board.wait_for_function("() => window.boardState.snapshots >= 1")
         board.evaluate("document.fonts.ready")
-        board.screenshot(path=str(artifacts / f"ui-board-{lang}.png"))
-        status = browser.new_context(viewport=VIEWPORT).new_page()
+        screenshot(board, artifacts, f"ui-board-{lang}.png")
+        status = new_page(browser)
         status.goto(f"{service.url}/t/{waiting['public_id']}?lang={lang}")
         status.wait_for_function("() => window.statusState && window.statusState.updates >= 1")
-        status.screenshot(path=str(artifacts / f"ui-status-{lang}.png"))
+        screenshot(status, artifacts, f"ui-status-{lang}.png")
         assert first["label"] in board.inner_text("#desk-tiles")
 
 
@@ -337,4 +319,4 @@ def test_board_with_masked_names_shows_no_full_names(
         board.wait_for_function("() => window.boardState.snapshots >= 1")
         board.wait_for_selector('.desk-tile[data-desk="D2"] .tile-name')
         board.evaluate("document.fonts.ready")
-        board.screenshot(path=str(artifacts / f"ui-board-names-{lang}.png"))
+        screenshot(board, artifacts, f"ui-board-names-{lang}.png")
