@@ -10,27 +10,28 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_abdm_intake import on_share_for, post_share, service_app, sql_rows, validity_left
 
-from tests.integration.test_sandbox_server import ServerThread
+from tests.support.abdm import (
+    on_share_for,
+    post_share,
+    reset_gateway,
+    sandbox_gateway,
+    service_app,
+    sql_rows,
+    validity_left,
+)
 from tests.support.app import HIP, ServiceProc, make_settings, seed
-from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    state = SandboxState()
-    with ServerThread(create_sandbox_app(state)) as server:
-        yield state, server.url
+    yield from sandbox_gateway()
 
 
 @pytest.fixture
 def gw(sandbox: tuple[SandboxState, str]) -> SandboxState:
-    state = sandbox[0]
-    state.set_fault("ok")
-    state.clear_on_shares()
-    return state
+    return reset_gateway(sandbox[0])
 
 
 @pytest.mark.slow

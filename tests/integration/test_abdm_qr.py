@@ -7,8 +7,8 @@ from pathlib import Path
 
 import zxingcpp
 from PIL import Image
-from test_abdm_intake import service_app
 
+from tests.support.abdm import service_app
 from tests.support.app import HIP, login, make_settings, seed
 
 URL = f"https://phrsbx.abdm.gov.in/share-profile?hip-id={HIP}&counter-id=ORTHO"

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_faults_redis import login_headers, sql_rows
-from tests.integration.test_sandbox_server import ServerThread
 from tests.support.app import HIP, ServiceProc, make_settings, seed
-from tests.support.cluster import RedisClusterProc, cluster_tools_available
+from tests.support.cluster import RedisClusterProc, running_cluster
+from tests.support.load import login_headers, sql_rows
+from tests.support.servers import ServerThread
 from token_service.abdm.outbox import Outbox
 from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
@@ -24,11 +24,7 @@ from token_service.app import redis_client
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterProc]:
-    if not cluster_tools_available():
-        pytest.skip("redis-server and redis-cli are needed for a local cluster")
-    proc = RedisClusterProc().start()
-    yield proc
-    proc.cleanup()
+    yield from running_cluster()
 
 
 def xfail_unless_outbox_supports_cluster(url: str) -> None:

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine
 from redis.asyncio import Redis, RedisCluster
 
-from tests.integration.test_queue_state_machine import HIP, RULES, START_MS, make_machine
-from tests.support.cluster import RedisClusterProc, cluster_tools_available
+from tests.support.cluster import RedisClusterProc, running_cluster
 from tests.support.model import Model
+from tests.support.queue_machine import HIP, RULES, START_MS, make_machine
 from token_service.app import redis_client
 from token_service.clock import FakeClock, SystemClock
 from token_service.queue import keys
@@ -37,11 +37,7 @@ SHARED_REQUESTS = 60
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterProc]:
-    if not cluster_tools_available():
-        pytest.skip("redis-server and redis-cli are needed for a local cluster")
-    proc = RedisClusterProc().start()
-    yield proc
-    proc.cleanup()
+    yield from running_cluster()
 
 
 def test_facilities_spread_over_every_master(cluster: RedisClusterProc) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_faults_redis import (
+from tests.support.app import HIP, ServiceProc, make_settings, seed
+from tests.support.load import (
     UNTHROTTLED,
     Call,
     load,
@@ -22,10 +23,8 @@ from tests.integration.test_faults_redis import (
     until_issued,
     wait_recorded,
 )
-from tests.integration.test_sandbox_server import ServerThread
-from tests.support.app import HIP, ServiceProc, make_settings, seed
-from tests.support.pgserver import PgServer, pg_bindir
-from tests.support.servers import RedisProc
+from tests.support.pgserver import PgServer, running_pg
+from tests.support.servers import RedisProc, ServerThread
 from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 
@@ -35,11 +34,7 @@ TARGET = 160
 
 @pytest.fixture
 def pg() -> Iterator[PgServer]:
-    if pg_bindir() is None:
-        pytest.skip("PostgreSQL server binaries are not installed")
-    server = PgServer().init()
-    yield server
-    server.cleanup()
+    yield from running_pg()
 
 
 def test_two_services_one_redis_one_postgres(tmp_path: Path, pg: PgServer) -> None:

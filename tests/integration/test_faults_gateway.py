@@ -11,11 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_faults_redis import post_share, sql_rows
-from tests.integration.test_sandbox_server import ServerThread
+from tests.support.abdm import sandbox_gateway
 from tests.support.app import ServiceProc, make_settings, seed
+from tests.support.load import post_share, sql_rows
 from tests.support.servers import RedisProc
-from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 
 SHARES = 40
@@ -26,9 +25,7 @@ DEADLINE_S = 5.0
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    state = SandboxState()
-    with ServerThread(create_sandbox_app(state)) as server:
-        yield state, server.url
+    yield from sandbox_gateway()
 
 
 def p99(values: list[float]) -> float:

@@ -17,7 +17,9 @@ import httpx
 import pytest
 import redis as sync_redis
 
-from tests.integration.test_faults_redis import (
+from tests.support.abdm import sandbox_gateway
+from tests.support.app import HIP, ServiceProc, make_settings, seed
+from tests.support.load import (
     CLIENTS,
     UNTHROTTLED,
     V3,
@@ -30,10 +32,7 @@ from tests.integration.test_faults_redis import (
     sessions,
     until_issued,
 )
-from tests.integration.test_sandbox_server import ServerThread
-from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.servers import RedisProc
-from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.queue import keys
 from token_service.records.recorder import GROUP
@@ -43,9 +42,7 @@ SOCKET_TIMEOUT_S = 2.0  # build_state's Redis socket timeout: the one wait befor
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[tuple[SandboxState, str]]:
-    state = SandboxState()
-    with ServerThread(create_sandbox_app(state)) as server:
-        yield state, server.url
+    yield from sandbox_gateway()
 
 
 async def ready(c: httpx.AsyncClient) -> Call:

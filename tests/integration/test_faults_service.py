@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_faults_redis import (
+from tests.support.abdm import sandbox_gateway
+from tests.support.app import HIP, ServiceProc, make_settings, seed
+from tests.support.load import (
     CLIENTS,
     UNTHROTTLED,
     Call,
@@ -25,10 +27,7 @@ from tests.integration.test_faults_redis import (
     until_issued,
     wait_recorded,
 )
-from tests.integration.test_sandbox_server import ServerThread
-from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.servers import RedisProc
-from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 
 SHARES = 8
@@ -37,9 +36,7 @@ PRINTS = 6
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    state = SandboxState()
-    with ServerThread(create_sandbox_app(state)) as server:
-        yield state, server.url
+    yield from sandbox_gateway()
 
 
 def accepted_on_shares(gw: SandboxState, request_ids: set[str]) -> set[str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from tests.integration.test_faults_redis import (
+from tests.support.app import HIP, ServiceProc, make_settings, seed
+from tests.support.load import (
     CLIENTS,
     UNTHROTTLED,
     Call,
@@ -25,19 +26,14 @@ from tests.integration.test_faults_redis import (
     until_issued,
     wait_recorded,
 )
-from tests.support.app import HIP, ServiceProc, make_settings, seed
-from tests.support.pgserver import PgServer, pg_bindir
+from tests.support.pgserver import PgServer, running_pg
 from tests.support.servers import RedisProc
 from token_service.queue import keys
 
 
 @pytest.fixture
 def pg() -> Iterator[PgServer]:
-    if pg_bindir() is None:
-        pytest.skip("PostgreSQL server binaries are not installed")
-    server = PgServer().init()
-    yield server
-    server.cleanup()
+    yield from running_pg()
 
 
 def test_postgres_stopped_under_load(tmp_path: Path, pg: PgServer) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from tests.support.abdm import sandbox_gateway
+from tests.support.servers import ServerThread
 from token_service.abdm.gateway import GatewayClient, gateway_timestamp
 from token_service.abdm.jwt_verify import GatewayJWTVerifier, InvalidGatewayToken
-from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.abdm.schemas import PatientProfile, ShareParseError, ShareRequest, parse_share
 
@@ -45,37 +43,9 @@ SHARE = ShareRequest(
 )
 
 
-class ServerThread:
-    """A real uvicorn server on a free 127.0.0.1 port, in a daemon thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def sandbox_server() -> Iterator[tuple[SandboxState, str]]:
-    state = SandboxState(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
-    with ServerThread(create_sandbox_app(state)) as server:
-        yield state, server.url
+    yield from sandbox_gateway(SandboxState(client_id=CLIENT_ID, client_secret=CLIENT_SECRET))
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.support.servers import free_port, redis_binary, wait_port
@@ -121,3 +123,12 @@ class RedisClusterProc:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def running_cluster() -> Iterator[RedisClusterProc]:
+    """A local Redis Cluster for a module's tests (`yield from` it in a fixture); skips without the tools."""
+    if not cluster_tools_available():
+        pytest.skip("redis-server and redis-cli are needed for a local cluster")
+    proc = RedisClusterProc().start()
+    yield proc
+    proc.cleanup()

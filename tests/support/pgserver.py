@@ -10,8 +10,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from tests.support.servers import free_port, wait_port
 
@@ -113,3 +116,13 @@ class PgServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def running_pg() -> Iterator[PgServer]:
+    """A private PostgreSQL server (initialised, not yet started; `yield from` it in a fixture); skips
+    without the server binaries."""
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL server binaries are not installed")
+    server = PgServer().init()
+    yield server
+    server.cleanup()

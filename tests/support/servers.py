@@ -1,4 +1,5 @@
-"""Real servers for tests: a private redis-server per test session (or per fault test) on a free port."""
+"""Real servers for tests: a private redis-server per test session (or per fault test) on a free port, and
+an ASGI app (the gateway sandbox) served by uvicorn on a free port."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def free_port() -> int:
@@ -91,3 +99,29 @@ def postgres_url() -> str | None:
             return url
     except Exception:
         return None
+
+
+class ServerThread:
+    """A real uvicorn server on a free 127.0.0.1 port, in a daemon thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
