@@ -1,22 +1,25 @@
 """Outbox leases against a real Redis and SQL: who may send an on-share, and when it is taken over.
 
 The rules: a lease counts only while its worker's heartbeat lives; wake() never re-queues an on-share
-a live worker is sending; a sweep takes over a dead worker's lease, and releases a lease naming this
-worker for an on-share it is not sending (a claim whose answer was lost).
+a live worker is sending; a sweep leaves rows younger than its grace period to their intake, takes
+over a dead worker's lease, and releases a lease naming this worker for an on-share it is not sending
+(a claim whose answer was lost).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import select, update
 
 from tests.support.app import make_settings
 from token_service.abdm.gateway import GatewayClient
-from token_service.abdm.outbox import BEAT_PREFIX, DUE_KEY, Outbox, OutboxEntry, lease_key
+from token_service.abdm.outbox import BEAT_PREFIX, DUE_KEY, ON_SHARE, Outbox, OutboxEntry, lease_key
 from token_service.clock import SystemClock
 from token_service.records import db
 from token_service.records.writer import SqlWriter
@@ -76,14 +79,39 @@ async def test_wake_rearms_a_finished_on_share(outbox: Outbox) -> None:
     assert await due(outbox) == {str(oid)}
 
 
+async def age(box: Outbox, seconds: float) -> None:
+    """Make every on-share row look recorded `seconds` ago (its deadline moves closer)."""
+    async with box.engine.begin() as conn:
+        for oid, deadline_at in (await conn.execute(select(ON_SHARE.c.id, ON_SHARE.c.deadline_at))).all():
+            stamp = deadline_at if deadline_at.tzinfo else deadline_at.replace(tzinfo=UTC)
+            await conn.execute(
+                update(ON_SHARE)
+                .where(ON_SHARE.c.id == oid)
+                .values(deadline_at=stamp - timedelta(seconds=seconds))
+            )
+
+
+async def test_sweep_leaves_a_young_row_to_its_intake(outbox: Outbox) -> None:
+    # Committed, not yet woken: the intake's wake() is about to queue it. Had the sweep queued it, a
+    # worker could send it and mark it done before that wake() ran, and wake() would send it again.
+    oid = await outbox.record(entry("y1"))
+    assert await outbox.sweep() == 0
+    assert await due(outbox) == set()
+    # Its intake died before wake() (or Redis lost it): past the grace period the sweep queues it.
+    await age(outbox, 12)
+    assert await outbox.sweep() == 1
+    assert await due(outbox) == {str(oid)}
+
+
 async def test_sweep_takes_over_only_what_nobody_holds(outbox: Outbox) -> None:
     alive, dead, lost, ours, done = [await outbox.record(entry(f"s{i}")) for i in range(5)]
+    await age(outbox, 12)
     await outbox.redis.set(BEAT_PREFIX + "alive-worker", "1", px=5000)
     await outbox.redis.set(lease_key(alive), "alive-worker")
     await outbox.redis.set(lease_key(dead), "killed-worker")  # its heartbeat lapsed
     await outbox.redis.set(lease_key(lost), outbox.worker)  # leased to us, but we are not sending it
     await outbox.redis.set(lease_key(ours), outbox.worker)
-    outbox._sending.add(ours)  # noqa: SLF001 - what a claim in flight records
+    outbox._sending.add(ours)  # what a claim in flight records
     await outbox.redis.set(lease_key(done), "done")
     queued = await outbox.sweep()
     assert await due(outbox) == {str(dead), str(lost)}

@@ -69,6 +69,10 @@ JOB_MARGIN_MS = 120_000
 
 MAX_IDLE_WAIT_S = 1.0
 SWEEP_INTERVAL_S = 2.0
+# A row younger than this is its intake's to wake: a sweep that queued it first could see it sent and
+# marked done before the intake's wake() ran, which would then queue it a second time. The sweep exists
+# for crashes and lost Redis data; a few seconds of patience cost nothing against a 25 s deadline.
+SWEEP_GRACE_S = 10.0
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 3.0
 
@@ -574,7 +578,8 @@ class Outbox:
         return [on_share_id, _now_ms(), BEAT_PREFIX, self.worker, mine]
 
     async def sweep(self, limit: int = 2000) -> int:
-        """Queue pending rows nobody holds (crash, restart, lost Redis); fail those past the deadline."""
+        """Queue pending rows nobody holds (crash, restart, lost Redis) once they are past the grace
+        period; fail those past the deadline."""
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -585,7 +590,9 @@ class Outbox:
                 )
             ).all()
         now = time.time()
-        live = [i for i, deadline_at in rows if _aware(deadline_at).timestamp() > now]
+        # Rows record their deadline, not their age: deadline - this = the newest a row may be.
+        youngest = now + self.deadline_s - min(SWEEP_GRACE_S, self.deadline_s * 0.4)
+        live = [i for i, deadline_at in rows if now < _aware(deadline_at).timestamp() <= youngest]
         for on_share_id in (i for i, deadline_at in rows if _aware(deadline_at).timestamp() <= now):
             if not await self._is_held(keys=[lease_key(on_share_id)], args=[BEAT_PREFIX]):
                 await self._finish(on_share_id, "failed", "deadline passed before delivery")
