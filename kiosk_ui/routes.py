@@ -251,6 +251,8 @@ async def board_page(request: Request, hip_id: str) -> Response:
     data = {
         "hip_id": hip_id, "query": query, "lang": t.lang, "languages": list(cfg.facility.languages or ["en"]),
         "counters": _counter_rows(cfg), "strings": t.subset("board.", "app."),
+        # Times on the board are the facility's, whatever timezone the TV's PC was installed with.
+        "timezone": cfg.facility.timezone,
     }  # fmt: skip
     ctx = {"facility_name": t.localized(cfg.facility.names, cfg.facility.name), "page_data": _page_data(data)}
     return render(request, "board.html", ctx)

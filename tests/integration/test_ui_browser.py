@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -320,3 +322,14 @@ def test_board_with_masked_names_shows_no_full_names(
         board.wait_for_selector('.desk-tile[data-desk="D2"] .tile-name')
         board.evaluate("document.fonts.ready")
         screenshot(board, artifacts, f"ui-board-names-{lang}.png")
+
+
+def test_board_clock_shows_the_facility_time_on_a_utc_pc(browser: Any, service: ServiceProc) -> None:
+    # The PC behind a hall TV is often left on UTC; the board must still show Indian time.
+    page = new_page(browser, locale="en-IN", timezone_id="UTC")
+    page.goto(f"{service.url}/board/{HIP}?lang=en")
+    page.wait_for_function("() => window.boardState && window.boardState.snapshots >= 1", timeout=5000)
+    shown = page.locator("#board-clock").inner_text().strip().lower()
+    now = datetime.now(ZoneInfo("Asia/Kolkata"))
+    expected = {(now + timedelta(minutes=m)).strftime("%I:%M %p").lower() for m in (-1, 0, 1)}
+    assert shown in expected, (shown, expected)

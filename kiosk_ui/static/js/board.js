@@ -33,7 +33,18 @@
     return c ? (c.names && c.names[D.lang]) || c.name : code;
   }
   var numbers = new Intl.NumberFormat(LOCALE);
-  var clock = new Intl.DateTimeFormat(LOCALE, { hour: "2-digit", minute: "2-digit" });
+  var clock = localClock(D.timezone);
+
+  // The facility's local time (the PC behind a TV is often left on UTC); the PC's own zone if the
+  // browser does not know the facility's.
+  function localClock(zone) {
+    var opts = { hour: "2-digit", minute: "2-digit" };
+    try {
+      return new Intl.DateTimeFormat(LOCALE, zone ? Object.assign({ timeZone: zone }, opts) : opts);
+    } catch (e) {
+      return new Intl.DateTimeFormat(LOCALE, opts);
+    }
+  }
 
   function isFresh(call) {
     return state.highlighted && call && call.label === state.highlighted.label && call.desk === state.highlighted.desk &&
