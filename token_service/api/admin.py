@@ -76,7 +76,6 @@ async def patch_settings(
     `board_requires_device` is turned on)."""
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.update_facility(body)
-    state.directory.invalidate(hip_id)
     await announce_config(state, hip_id)
     return facility_out(_Row(row), state.settings.token_validity_seconds, state.settings.board_public)
 
@@ -101,7 +100,6 @@ async def create_counter(hip_id: HipId, body: CounterIn, principal: AdminDep, st
     """Add a counter (an ABDM counter code). `desks` default to one desk named like the counter."""
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.create_counter(body)
-    state.directory.invalidate(hip_id)
     await announce_config(state, hip_id)
     return counter_out(row)
 
@@ -113,7 +111,6 @@ async def patch_counter(
     """Edit a counter; `{"active": false}` closes it (new tokens get 409 counter_closed)."""
     admin = await admin_store_for(principal, state, hip_id)
     await admin.update_counter(code, body)
-    state.directory.invalidate(hip_id)
     await announce_config(state, hip_id)
     async with state.engine.connect() as conn:
         rows = await admin_store.counters(conn, hip_id)
@@ -133,7 +130,6 @@ async def create_desk(hip_id: HipId, body: DeskIn, principal: AdminDep, state: S
     """Add a desk. An empty `counters` list means the desk serves every active counter."""
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.create_desk(body)
-    state.directory.invalidate(hip_id)
     await announce_config(state, hip_id)
     return desk_out(row)
 
@@ -144,7 +140,6 @@ async def patch_desk(
 ) -> DeskOut:
     admin = await admin_store_for(principal, state, hip_id)
     row = await admin.update_desk(code, body)
-    state.directory.invalidate(hip_id)
     await announce_config(state, hip_id)
     return desk_out(row)
 

@@ -478,8 +478,9 @@ def sse_bytes(event: str, data: Any, ident: int | None = None) -> bytes:
 
 
 async def announce_config(state: AppState, hip_id: str) -> None:
-    """Tell every worker (through Redis) that a facility's settings changed. Best effort: without Redis
-    the directory's short cache lifetime still carries the change."""
+    """A facility's settings changed: drop this worker's cached copy now and tell every other worker
+    (through Redis). Best effort: without Redis the directory's short cache lifetime still carries it."""
+    state.directory.invalidate(hip_id)
     try:
         await state.redis.publish(keys.live_channel(hip_id), CONFIG_NOTICE)
     except (RedisError, OSError) as exc:
