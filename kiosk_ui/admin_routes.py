@@ -99,26 +99,25 @@ async def settings_page(request: Request) -> Response:
                       "boards_public": (await get_state(request)).settings.board_public})  # fmt: skip
 
 
-@router.get("/admin/counters")
-async def counters_page(request: Request) -> Response:
+async def _counters_and_desks(request: Request, page: str) -> Response:
+    """The counters page and the desks page show the same two lists, each editing one of them."""
     g = await gate(request)
     if g.response:
         return g.response
     async with (await get_state(request)).engine.connect() as conn:
         counters = await admin_store.counters(conn, g.hip_id)
         desks = await admin_store.desks(conn, g.hip_id)
-    return await show(request, g, "counters", "counters.html", {"counters": counters, "desks": desks})
+    return await show(request, g, page, f"{page}.html", {"counters": counters, "desks": desks})
+
+
+@router.get("/admin/counters")
+async def counters_page(request: Request) -> Response:
+    return await _counters_and_desks(request, "counters")
 
 
 @router.get("/admin/desks")
 async def desks_page(request: Request) -> Response:
-    g = await gate(request)
-    if g.response:
-        return g.response
-    async with (await get_state(request)).engine.connect() as conn:
-        counters = await admin_store.counters(conn, g.hip_id)
-        desks = await admin_store.desks(conn, g.hip_id)
-    return await show(request, g, "desks", "desks.html", {"counters": counters, "desks": desks})
+    return await _counters_and_desks(request, "desks")
 
 
 @router.get("/admin/users")
