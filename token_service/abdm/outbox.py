@@ -96,21 +96,21 @@ end
 return out
 """
 
-# A lease held by a worker whose heartbeat lives. (The heartbeat key is named by the lease's value,
-# so it cannot be declared in KEYS; it shares the {onshare} slot.)
-_HELD = """
-local function held(lease, beat_prefix)
-  local holder = redis.call('GET', lease)
-  if not holder then return false end
-  if holder == 'done' then return true end
-  return redis.call('EXISTS', beat_prefix .. holder) == 1
+# The one rule every script applies to a lease's value: a worker id counts only while that worker's
+# heartbeat key lives. (The heartbeat key is named by the value, so it cannot be declared in KEYS; it
+# shares the {onshare} slot.)
+_LIVE = """
+local function live_worker(holder, beat_prefix)
+  return holder and holder ~= 'done' and redis.call('EXISTS', beat_prefix .. holder) == 1
 end
 """
 
 # KEYS: due, lease, job, wake. ARGV: id, now ms, beat prefix, job JSON, job ttl ms, wake max.
-_WAKE = """
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= 'done' and redis.call('EXISTS', ARGV[3] .. holder) == 1 then
+# A "done" marker is re-armed (the gateway delivered the same REQUEST-ID again); a live sender is not.
+_WAKE = (
+    _LIVE
+    + """
+if live_worker(redis.call('GET', KEYS[2]), ARGV[3]) then
   return 0  -- a live worker is sending this on-share right now: a second send would duplicate it
 end
 redis.call('DEL', KEYS[2])
@@ -121,17 +121,19 @@ redis.call('LPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
 return 1
 """
+)
 
 # KEYS: due, lease. ARGV: id, now ms, beat prefix, this worker, 1 if this worker is sending it.
 # Queue a pending row nobody holds; 1 if queued. A lease naming this worker for an on-share it is not
 # sending is a claim whose answer was lost (a Redis timeout): it is released here, not after the lease.
 _REQUEUE_ORPHAN = (
-    _HELD
+    _LIVE
     + """
 local holder = redis.call('GET', KEYS[2])
+if holder == 'done' then return 0 end
 if holder == ARGV[4] then
   if ARGV[5] == '1' then return 0 end
-elseif held(KEYS[2], ARGV[3]) then
+elseif live_worker(holder, ARGV[3]) then
   return 0
 end
 redis.call('DEL', KEYS[2])
@@ -143,9 +145,10 @@ return 1
 
 # KEYS: lease. ARGV: beat prefix. 1 while a live worker (or a finished outcome) holds the on-share.
 _IS_HELD = (
-    _HELD
+    _LIVE
     + """
-if held(KEYS[1], ARGV[1]) then return 1 end
+local holder = redis.call('GET', KEYS[1])
+if holder == 'done' or live_worker(holder, ARGV[1]) then return 1 end
 return 0
 """
 )
@@ -184,7 +187,8 @@ class OutboxEntry:
     error: tuple[str, str] | None = None
     outcome: str = ""
 
-    def payload(self) -> dict[str, Any]:
+    @functools.cached_property
+    def payload(self) -> dict[str, Any]:  # built once: the SQL row and the Redis job both carry it
         data: dict[str, Any] = {
             "version": self.version,
             "request_id": self.request_id,
@@ -329,6 +333,7 @@ class Outbox:
         self._requeue = redis.register_script(_REQUEUE_ORPHAN)
         self._is_held = redis.register_script(_IS_HELD)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._beat_at = -math.inf  # when our heartbeat key was last renewed (monotonic)
         self._sending: set[int] = set()  # on-share ids this worker has claimed and not yet let go
         self._tasks: list[asyncio.Task[None]] = []
         # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
@@ -342,7 +347,7 @@ class Outbox:
         now = datetime.now(UTC)
         return ONSHARE_UPSERT, {
             "hip_id": entry.hip_id, "request_id": entry.request_id, "version": entry.version,
-            "token_id": entry.token_id, "payload": entry.payload(), "status": "pending", "attempts": 0,
+            "token_id": entry.token_id, "payload": entry.payload, "status": "pending", "attempts": 0,
             "created_at": now, "deadline_at": now + timedelta(seconds=self.deadline_s),
         }  # fmt: skip
 
@@ -354,7 +359,7 @@ class Outbox:
     async def wake(self, on_share_id: int, entry: OutboxEntry) -> None:
         """Make the on-share due now and nudge a worker. Failure is tolerated: the sweep finds it."""
         job = orjson.dumps({
-            "hip": entry.hip_id, "p": entry.payload(),
+            "hip": entry.hip_id, "p": entry.payload,
             "dl": _now_ms() + int(self.deadline_s * 1000),
         })  # fmt: skip
         try:
@@ -392,12 +397,16 @@ class Outbox:
         """This worker is alive: its leases count. Renewed well inside its lifetime."""
         while True:
             try:
-                await self.redis.set(BEAT_PREFIX + self.worker, "1", px=BEAT_MS)
+                await self._renew_beat()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("on-share heartbeat: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(BEAT_EVERY_S)
+
+    async def _renew_beat(self) -> None:
+        await self.redis.set(BEAT_PREFIX + self.worker, "1", px=BEAT_MS)
+        self._beat_at = time.monotonic()
 
     async def run(self) -> None:
         next_sweep = 0.0
@@ -430,8 +439,10 @@ class Outbox:
         free = self.concurrency - len(self._inflight)
         if free <= 0:
             return 0
-        # Our heartbeat must be live before a lease names us, or a sweep could take the claim over.
-        await self.redis.set(BEAT_PREFIX + self.worker, "1", px=BEAT_MS)
+        # Our heartbeat must be live before a lease names us, or a sweep could take the claim over. The
+        # heartbeat task keeps it fresh; only after a gap (start, a Redis outage) is it renewed here.
+        if time.monotonic() - self._beat_at > BEAT_EVERY_S * 2:
+            await self._renew_beat()
         flat = await self._claim(
             keys=[DUE_KEY], args=[_now_ms(), free, KEY_PREFIX, self.worker, self.lease_ms]
         )

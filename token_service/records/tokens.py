@@ -98,6 +98,7 @@ def _newest_rows(rows: Sequence[Row]) -> list[Row]:
 
 
 async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    """The newest known state of each token; an older version never overwrites a newer one."""
     if rows:
         await conn.execute(_statement(conn.dialect.name, "token"), _newest_rows(rows))
 
@@ -110,11 +111,13 @@ _ATTACH = (
 
 
 async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    """The shared profile is stored once, with the token that it was shared for."""
     if rows:
         await conn.execute(_ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
 
 
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
+    """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
     if rows:
         await conn.execute(_statement(conn.dialect.name, "event"), rows)
 
@@ -131,23 +134,6 @@ def token_rows(tokens: Sequence[Token], patient: dict[str, Any] | None = None) -
     if patient is not None and tokens:
         rows.append((PATIENT_ATTACH, {"token_id": tokens[0].id, "patient_json": patient}))
     return rows
-
-
-async def upsert_tokens(conn: AsyncConnection, tokens: Sequence[Token]) -> None:
-    """Write the newest known state of each token; an older version never overwrites a newer one."""
-    await _upsert_rows(conn, [token_row(t) for t in tokens])
-
-
-async def attach_patient(conn: AsyncConnection, token_id: str, patient: dict[str, Any]) -> None:
-    """The shared profile is stored once, with the token that it was shared for."""
-    await _attach_rows(conn, [{"token_id": token_id, "patient_json": patient}])
-
-
-async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
-    if not rows:
-        return
-    await conn.execute(_statement(conn.dialect.name, "event"), list(rows))
 
 
 def event_row(hip_id: str, stream_id: str, kind: str, at_ms: int, desk: str, t: Token) -> dict[str, Any]:
