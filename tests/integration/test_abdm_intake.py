@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,6 @@ from tests.support.abdm import (
     V3,
     on_share_for,
     post_share,
-    reset_gateway,
-    sandbox_gateway,
     service_app,
     sql_rows,
     validity_left,
@@ -33,16 +31,6 @@ from tests.support.abdm import (
 from tests.support.app import HIP, PASSWORD, make_settings, seed
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.config import Settings
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    yield from sandbox_gateway()
-
-
-@pytest.fixture
-def gw(sandbox: tuple[SandboxState, str]) -> SandboxState:
-    return reset_gateway(sandbox[0])
 
 
 @pytest.fixture

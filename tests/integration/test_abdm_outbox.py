@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,24 +13,12 @@ import pytest
 from tests.support.abdm import (
     on_share_for,
     post_share,
-    reset_gateway,
-    sandbox_gateway,
     service_app,
     sql_rows,
     validity_left,
 )
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from token_service.abdm.sandbox_state import SandboxState
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    yield from sandbox_gateway()
-
-
-@pytest.fixture
-def gw(sandbox: tuple[SandboxState, str]) -> SandboxState:
-    return reset_gateway(sandbox[0])
 
 
 @pytest.mark.slow

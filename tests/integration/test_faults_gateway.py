@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.support.abdm import sandbox_gateway
 from tests.support.app import ServiceProc, make_settings, seed
 from tests.support.load import post_share, sql_rows
 from tests.support.servers import RedisProc
@@ -21,11 +18,6 @@ SHARES = 40
 CONCURRENCY = 4
 # Short on-share deadline so a storm's retries run out within the test; the production default is 25 s.
 DEADLINE_S = 5.0
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    yield from sandbox_gateway()
 
 
 def p99(values: list[float]) -> float:

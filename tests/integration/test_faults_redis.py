@@ -8,14 +8,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import redis as sync_redis
 
-from tests.support.abdm import sandbox_gateway
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.load import (
     CLIENTS,
@@ -35,11 +32,6 @@ from tests.support.load import (
 from tests.support.servers import RedisProc
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.queue import keys
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    yield from sandbox_gateway()
 
 
 def test_redis_sigkill_with_aof_during_burst(tmp_path: Path, sandbox: tuple[SandboxState, str]) -> None:

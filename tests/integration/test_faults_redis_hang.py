@@ -10,14 +10,11 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import redis as sync_redis
 
-from tests.support.abdm import sandbox_gateway
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.load import (
     CLIENTS,
@@ -38,11 +35,6 @@ from token_service.queue import keys
 from token_service.records.recorder import GROUP
 
 SOCKET_TIMEOUT_S = 2.0  # build_state's Redis socket timeout: the one wait before the breaker opens
-
-
-@pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[SandboxState, str]]:
-    yield from sandbox_gateway()
 
 
 async def ready(c: httpx.AsyncClient) -> Call:
@@ -84,9 +76,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def test_redis_hang_answers_503_at_once_and_recovers(
-    tmp_path: Path, gateway: tuple[SandboxState, str]
+    tmp_path: Path, sandbox: tuple[SandboxState, str]
 ) -> None:
-    gw, gw_url = gateway
+    gw, gw_url = sandbox
     rproc = RedisProc(appendonly=True).start()
     svc: ServiceProc | None = None
     assert rproc.proc is not None

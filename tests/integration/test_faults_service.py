@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.support.abdm import sandbox_gateway
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.load import (
     CLIENTS,
@@ -32,11 +29,6 @@ from token_service.abdm.sandbox_state import SandboxState
 
 SHARES = 8
 PRINTS = 6
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[tuple[SandboxState, str]]:
-    yield from sandbox_gateway()
 
 
 def accepted_on_shares(gw: SandboxState, request_ids: set[str]) -> set[str]:
