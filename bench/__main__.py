@@ -86,6 +86,13 @@ async def main_async(ns: argparse.Namespace) -> int:
          ("6", "Slip, ESC/POS, QR poster, board snapshot", run_render)],
         [("8", "Soak", run_soak)],
     ]  # fmt: skip
+    alone: list[tuple[str, str, Scenario]] = [
+        ("5", "Allocation strategies on PostgreSQL", run_alloc), ("7", "Memory", run_memory)]  # fmt: skip
+    if ns.only:
+        wanted = set(ns.only.split(","))
+        groups = [[item for item in group if item[0] in wanted] for group in groups]
+        groups = [group for group in groups if group]
+        alone = [item for item in alone if item[0] in wanted]
     if ns.smoke:
         # One stack for everything: starting three costs more than the tiny scenarios themselves.
         groups = [[item for group in groups for item in group]]
@@ -97,15 +104,15 @@ async def main_async(ns: argparse.Namespace) -> int:
                 for key, title, fn in group:
                     await _scenario(run, sections, key, title, fn)
             run.stack = None
-        await _scenario(run, sections, "5", "Allocation strategies on PostgreSQL", run_alloc)
-        await _scenario(run, sections, "7", "Memory", run_memory)
+        for key, title, fn in alone:
+            await _scenario(run, sections, key, title, fn)
     finally:
         run.stack = None
         if not ns.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     finished = datetime.now(UTC)
     analysis_file = HERE / "ANALYSIS.md"
-    analysis = analysis_file.read_text() if analysis_file.exists() and not ns.smoke else ""
+    analysis = analysis_file.read_text() if analysis_file.exists() and not (ns.smoke or ns.only) else ""
     meta = {
         "smoke": ns.smoke, "started": started.isoformat(timespec="seconds"),
         "finished": finished.isoformat(timespec="seconds"), "seconds": (finished - started).total_seconds(),
@@ -117,7 +124,8 @@ async def main_async(ns: argparse.Namespace) -> int:
                       + (" --smoke" if ns.smoke else "")],
         "commands": sorted(set(run.commands)), "figures": run.figures,
     }  # fmt: skip
-    out = Path(ns.out) if ns.out else (HERE.parent / "test-artifacts" / "bench-smoke" if ns.smoke else HERE)
+    default_out = HERE.parent / "test-artifacts" / ("bench-smoke" if ns.smoke else "bench-only")
+    out = Path(ns.out) if ns.out else (default_out if ns.smoke or ns.only else HERE)
     sections.sort(key=lambda s: (int(s.key[0]), s.key))
     report.write(out, meta, sections, analysis)
     print(f"[bench] report: {out / 'RESULTS.md'}", file=sys.stderr)
@@ -131,6 +139,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="service workers (default 2)")
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="length of the soak (default 10)")
     parser.add_argument("--out", help="report directory (default: bench/, or test-artifacts/bench-smoke)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated scenario keys to run, e.g. 2,5 (report goes to "
+        "test-artifacts/bench-only unless --out is given; bench/RESULTS.md is left alone)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles)")
     ns = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

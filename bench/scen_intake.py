@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -107,16 +108,18 @@ async def run_scan(run: Run, section: Section) -> None:
 async def profile_intake(run: Run, section: Section) -> Path | None:
     """py-spy on one worker while shares run closed-loop; the collapsed stacks go next to the report."""
     stack = run.need_stack()
-    if run.sizes.profile_s <= 0 or shutil.which("py-spy") is None:
+    # The virtualenv's py-spy also when the venv is not activated (`.venv/bin/python -m bench`).
+    spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if run.sizes.profile_s <= 0 or spy_bin is None:
         section.notes.append("py-spy not installed or smoke mode: no profile taken.")
         return None
     pid = stack.service.worker_pids()[0]
     out = run.workdir / "share-path.collapsed"
     seconds = run.sizes.profile_s
     requests, ids = stack.share_requests(int(4000 * (seconds + 3)), "prof")
-    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+    cmd = [spy_bin, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
            "--format", "raw", "--nonblocking", "--output", str(out)]  # fmt: skip
-    run.commands.append(" ".join([*cmd[:3], "<worker pid>", *cmd[4:-1], "share-path.collapsed"]))
+    run.commands.append(" ".join(["py-spy", *cmd[1:3], "<worker pid>", *cmd[4:-1], "share-path.collapsed"]))
     spy = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = await drive(stack.service.url, requests, concurrency=CLOSED_CONCURRENCY, duration_s=seconds + 1.5)
     await asyncio.wait_for(spy.wait(), 60)

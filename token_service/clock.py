@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -42,4 +42,4 @@ def local_day(now_ms: int, timezone: str) -> tuple[date, int]:
 def from_ms(ms: int | None) -> datetime | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, ZoneInfo("UTC"))
+    return datetime.fromtimestamp(ms / 1000, UTC)

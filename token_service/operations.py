@@ -19,7 +19,7 @@ from token_service.models import AuditLog
 from token_service.queue.service import CallResult, IssueResult, Token, TokenQueue
 from token_service.queue.status import Priority, Source, auto_priority
 from token_service.records import tokens as token_sql
-from token_service.records.writer import Row, RowOp, Rows, SqlWriter
+from token_service.records.writer import Row, RowOp, Rows, SqlWriter, execute_many
 
 ISSUED = PromCounter("opd_tokens_issued_total", "Tokens issued", ["hip_id", "counter", "source"])
 CALLED = PromCounter("opd_tokens_called_total", "Tokens called", ["hip_id", "counter"])
@@ -37,8 +37,7 @@ AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 async def _insert_audit(conn: AsyncConnection, rows: list[Row]) -> None:
     for row in rows:
         row.setdefault("detail", None)
-    if rows:
-        await conn.execute(AUDIT.insert(), rows)
+    await execute_many(conn, AUDIT.insert(), rows)
 
 
 AUDIT_INSERT = RowOp("audit insert", 30, _insert_audit)

@@ -42,7 +42,7 @@ from token_service.abdm.profile import PatientProfile
 from token_service.abdm.schemas import PROFILE_SHARE, ShareRequest
 from token_service.clock import Clock
 from token_service.models import OnShare, OnShareAttempt
-from token_service.records.writer import Row, RowOp, SqlWriter
+from token_service.records.writer import Row, RowOp, SqlWriter, execute_many
 
 __all__ = ["Outbox", "OutboxEntry"]
 
@@ -234,20 +234,23 @@ def _dialect_insert(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
-_UPSERTS: dict[str, Any] = {}
+_UPSERTS: dict[tuple[str, bool], Any] = {}
 
 
-def _upsert_statement(dialect: str) -> Any:
-    stmt = _UPSERTS.get(dialect)
+def _upsert_statement(dialect: str, *, returning: bool = False) -> Any:
+    stmt = _UPSERTS.get((dialect, returning))
     if stmt is None:
         ins = _dialect_insert(dialect)(ON_SHARE)
         # The gateway delivered the same REQUEST-ID again: the patient is waiting again, so the same
         # row is owed a fresh on-share with a fresh deadline.
         rearm = {k: ins.excluded[k] for k in ("payload", "token_id", "deadline_at")}
-        stmt = _UPSERTS[dialect] = ins.on_conflict_do_update(
+        stmt = ins.on_conflict_do_update(
             index_elements=["hip_id", "request_id"],
             set_={**rearm, "status": "pending", "last_error": None, "sent_at": None},
         )
+        if returning:
+            stmt = stmt.returning(ON_SHARE.c.id)
+        _UPSERTS[(dialect, returning)] = stmt
     return stmt
 
 
@@ -257,18 +260,25 @@ async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
     for row in rows:  # the same share twice in one batch: one statement row, both get its id
         last[(row["hip_id"], row["request_id"])] = row
     ordered = [last[k] for k in sorted(last)]  # one lock order for every writer
-    await conn.execute(_upsert_statement(conn.dialect.name), ordered)
-    found = await conn.execute(
-        select(ON_SHARE.c.hip_id, ON_SHARE.c.request_id, ON_SHARE.c.id).where(
-            tuple_(ON_SHARE.c.hip_id, ON_SHARE.c.request_id).in_(list(last))
+    ids: dict[tuple[str, str], int] = {}
+    if conn.dialect.name == "postgresql":
+        returned = await execute_many(conn, _upsert_statement("postgresql", returning=True), ordered,
+                                      returning=True)  # fmt: skip
+        for row, got in zip(ordered, returned or (), strict=True):
+            ids[(row["hip_id"], row["request_id"])] = int(got[0])
+    else:
+        await conn.execute(_upsert_statement(conn.dialect.name), ordered)
+        found = await conn.execute(
+            select(ON_SHARE.c.hip_id, ON_SHARE.c.request_id, ON_SHARE.c.id).where(
+                tuple_(ON_SHARE.c.hip_id, ON_SHARE.c.request_id).in_(list(last))
+            )
         )
-    )
-    ids = {(hip, req): int(i) for hip, req, i in found}
+        ids = {(hip, req): int(i) for hip, req, i in found}
     return [ids[(row["hip_id"], row["request_id"])] for row in rows]
 
 
 async def _attempt_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    await conn.execute(ATTEMPT.insert(), rows)
+    await execute_many(conn, ATTEMPT.insert(), rows)
 
 
 _OUTCOME = (
@@ -284,7 +294,7 @@ _OUTCOME = (
 
 
 async def _outcome_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    await conn.execute(_OUTCOME, sorted(rows, key=lambda r: int(r["oid"])))
+    await execute_many(conn, _OUTCOME, sorted(rows, key=lambda r: int(r["oid"])))
 
 
 # Operations for the SQL writer's batches (after the token rows of the same share).

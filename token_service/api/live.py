@@ -305,6 +305,11 @@ class LiveHub:
         if data == CONFIG_NOTICE or data == CONFIG_NOTICE.decode():
             self._on_config(hip_id)
             return
+        self._dirty.add(hip_id)
+        self._wake.set()
+        if hip_id not in self.listeners and hip_id not in self.recent:
+            self.events_seen += 1  # nobody here watches this facility: no need to read the event
+            return
         try:
             kind, at_ms, desk, token = parse_event(data)
         except (ValueError, KeyError, TypeError):
@@ -318,8 +323,6 @@ class LiveHub:
         for listener in tuple(self.listeners.get(hip_id, ())):
             if listener.wants(msg):
                 listener.put(msg)
-        self._dirty.add(hip_id)
-        self._wake.set()
 
     def _on_config(self, hip_id: str) -> None:
         """An admin changed the facility: forget its config here, rebuild the board, tell the streams."""

@@ -26,6 +26,11 @@ class FacilityRules:
     ageing_s: int = 2700
 
 
+_STATUS: dict[str, Status] = dict(Status._value2member_map_)
+_PRIORITY: dict[str, Priority] = dict(Priority._value2member_map_)
+_SOURCE: dict[str, Source] = dict(Source._value2member_map_)
+
+
 @dataclass(frozen=True)
 class Token:
     """One patient's place in one counter's line, as Redis holds it."""
@@ -70,9 +75,9 @@ class Token:
             local_date=f["d"],
             number=int(f["n"]),
             label=f["lbl"],
-            status=Status(f["s"]),
-            priority=Priority(f["p"]),
-            source=Source(f["src"]),
+            status=_STATUS.get(f["s"]) or Status(f["s"]),  # the map lookup is ~10× an Enum call
+            priority=_PRIORITY.get(f["p"]) or Priority(f["p"]),
+            source=_SOURCE.get(f["src"]) or Source(f["src"]),
             abha_address=f.get("abha") or None,
             request_id=f.get("req") or None,
             order=float(f["ord"]),

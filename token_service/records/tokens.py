@@ -14,7 +14,7 @@ from token_service.clock import from_ms
 from token_service.models import TokenEvent, TokenRecord
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records.writer import Row, RowOp
+from token_service.records.writer import Row, RowOp, execute_many
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -27,6 +27,10 @@ _MUTABLE = (
 )  # fmt: skip
 
 
+def _date(yyyymmdd: str) -> date:
+    return date(int(yyyymmdd[:4]), int(yyyymmdd[4:6]), int(yyyymmdd[6:8]))
+
+
 def token_row(t: Token) -> dict[str, Any]:
     finished = from_ms(t.finished_ms)
     return {
@@ -35,7 +39,7 @@ def token_row(t: Token) -> dict[str, Any]:
         "hip_id": t.hip_id,
         "counter": t.counter,
         "origin_counter": t.origin_counter,
-        "local_date": datetime.strptime(t.local_date, "%Y%m%d").date(),
+        "local_date": _date(t.local_date),
         "number": t.number,
         "label": t.label,
         "status": t.status.value,
@@ -100,7 +104,7 @@ def _newest_rows(rows: Sequence[Row]) -> list[Row]:
 async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """The newest known state of each token; an older version never overwrites a newer one."""
     if rows:
-        await conn.execute(_statement(conn.dialect.name, "token"), _newest_rows(rows))
+        await execute_many(conn, _statement(conn.dialect.name, "token"), _newest_rows(rows))
 
 
 _ATTACH = (
@@ -113,13 +117,13 @@ _ATTACH = (
 async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """The shared profile is stored once, with the token that it was shared for."""
     if rows:
-        await conn.execute(_ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
+        await execute_many(conn, _ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
 
 
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
     if rows:
-        await conn.execute(_statement(conn.dialect.name, "event"), rows)
+        await execute_many(conn, _statement(conn.dialect.name, "event"), rows)
 
 
 # Operations for the SQL writer's batches: a token's state, its shared profile, its history.

@@ -1,0 +1,142 @@
+"""The SQL writer's batched statements on SQLite and PostgreSQL (where they bypass SQLAlchemy's executor).
+
+One batch carries several callers' rows for several operations; each caller gets back the results of its
+own rows, committed together. The PostgreSQL path hands compiled SQL and parameter lists straight to
+psycopg, so these tests read the rows back and compare them with what was submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from tests.support.app import make_settings
+from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
+from token_service.operations import AUDIT, AUDIT_INSERT
+from token_service.queue.service import Token
+from token_service.queue.status import Priority, Source, Status
+from token_service.records import db
+from token_service.records.tokens import EVENT_INSERT, TOKEN, TOKEN_UPSERT, _ms, event_row, token_rows
+from token_service.records.writer import SqlWriter, _pg_statement
+
+HIP = "IN0710000123"
+
+
+def _token(n: int, *, version: int = 1, status: Status = Status.WAITING, desk: str | None = None) -> Token:
+    return Token(
+        id=f"{HIP}.OPD1.20261122.{n:05d}", public_id=f"pub{n}", hip_id=HIP, counter="OPD1",
+        origin_counter="OPD1", local_date="20261122", number=n, label=f"A{n}", status=status,
+        priority=Priority.NORMAL, source=Source.SCAN_SHARE, abha_address=f"p{n}@sbx", request_id=f"req-{n}",
+        order=float(n), issued_ms=1_795_000_000_000 + n, called_ms=None, served_ms=None, finished_ms=None,
+        expires_ms=1_795_001_800_000, day_end_ms=1_795_050_000_000, desk=desk, skips=0, recalls=0,
+        version=version,
+    )  # fmt: skip
+
+
+def _share_row(request_id: str, token_id: str, name: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "hip_id": HIP, "request_id": request_id, "version": "v3", "token_id": token_id,
+        "payload": {"request_id": request_id, "name": name, "nested": {"n": [1, 2]}}, "status": "pending",
+        "attempts": 0, "created_at": now, "deadline_at": now + timedelta(seconds=25),
+    }  # fmt: skip
+
+
+def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url)
+    db.migrate(settings)
+
+    async def scenario() -> None:
+        engine = db.async_engine(settings)
+        writer = SqlWriter(engine)
+        writer.start()
+        try:
+            # Three callers at once: their rows share one batch (the writer drains its queue per batch).
+            patient = {"name": "रमेश कुमार", "year_of_birth": 1960}
+            a, b, c = await asyncio.gather(
+                writer.submit_rows([*token_rows([_token(1)], patient),
+                                    (ONSHARE_UPSERT, _share_row("req-1", _token(1).id, "क्षमा"))]),
+                writer.submit_rows([*token_rows([_token(2)]), (ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B"))]),
+                # the same REQUEST-ID again in the same batch: one row, both callers get its id
+                writer.submit_rows([(ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B again"))]),
+            )  # fmt: skip
+            id1, id2, id2_again = a[-1], b[-1], c[-1]
+            assert isinstance(id1, int) and isinstance(id2, int) and id1 != id2
+            assert id2_again == id2
+            # A re-delivery later re-arms the row (fresh payload) and answers with the same id.
+            (rearmed,) = await writer.submit_rows([(ONSHARE_UPSERT, _share_row("req-1", _token(1).id, "again"))])
+            assert rearmed == id1
+
+            # An older version never overwrites a newer one; a newer one does.
+            called = _token(2, version=2, status=Status.CALLED, desk="D1")
+            await writer.submit_rows([*token_rows([called]), (TOKEN_UPSERT, token_rows([_token(2)])[0][1])])
+            at = datetime.now(UTC)
+            await writer.submit_rows([
+                (EVENT_INSERT, event_row(HIP, "1-1", "called", 1_795_000_100_000, "D1", called)),
+                (EVENT_INSERT, event_row(HIP, "1-1", "called", 1_795_000_100_000, "D1", called)),  # redelivered
+                (AUDIT_INSERT, {"at": at, "actor": "clerk", "action": "call_next", "hip_id": HIP, "target": called.id}),
+                (ATTEMPT_INSERT, {"on_share_id": id1, "at": at, "outbound_request_id": "out-1", "status_code": 202,
+                                  "ok": True, "error": None, "duration_ms": 12}),
+                (ONSHARE_OUTCOME, {"oid": id1, "new_status": "sent", "inc": 1, "error": None, "sent": at}),
+                (ONSHARE_OUTCOME, {"oid": id2, "new_status": "failed", "inc": 0, "error": "deadline", "sent": None}),
+            ])  # fmt: skip
+
+            async with engine.connect() as conn:
+                toks = {r.number: r for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))}
+                shares = {r.request_id: r for r in await conn.execute(select(ON_SHARE))}
+                events = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+                audits = (await conn.execute(select(AUDIT.c.actor, AUDIT.c.detail))).all()
+                attempts = (await conn.execute(text("SELECT on_share_id, ok, status_code FROM on_share_attempt"))).all()
+            assert toks[1].patient == patient and toks[2].patient is None
+            assert toks[1].label == "A1" and _ms(toks[1].issued_at) == 1_795_000_000_001
+            assert (toks[2].status, toks[2].version, toks[2].desk) == ("called", 2, "D1")
+            assert set(shares) == {"req-1", "req-2"}
+            assert shares["req-1"].payload == {"request_id": "req-1", "name": "again", "nested": {"n": [1, 2]}}
+            assert shares["req-2"].payload["name"] == "B again"
+            assert (shares["req-1"].status, shares["req-1"].attempts) == ("sent", 1)
+            assert shares["req-1"].sent_at is not None
+            assert (shares["req-2"].status, shares["req-2"].last_error) == ("failed", "deadline")
+            assert events == 1
+            assert audits == [("clerk", None)]
+            assert attempts == [(id1, True, 202)]
+        finally:
+            await writer.close()
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("op", [TOKEN_UPSERT, EVENT_INSERT, AUDIT_INSERT, ONSHARE_UPSERT, ATTEMPT_INSERT,
+                                ONSHARE_OUTCOME], ids=lambda op: op.name)  # fmt: skip
+def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
+    """Every hot statement compiles to plain SQL for psycopg: a default SQLAlchemy would have to compute
+    (or an expanding parameter) would silently send it back through the slow path."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
+
+    from token_service.abdm import outbox
+    from token_service.records import tokens
+
+    dialect = PGDialectAsync_psycopg()
+    t = _token(1)
+    stmt, row = {
+        "token upsert": (tokens._statement("postgresql", "token"), token_rows([t])[0][1]),
+        "event insert": (tokens._statement("postgresql", "event"), event_row(HIP, "1-1", "called", 0, "D1", t)),
+        "audit insert": (AUDIT.insert(), {"at": datetime.now(UTC), "actor": "a", "action": "x", "hip_id": HIP,
+                                           "target": "t", "detail": None}),
+        "on-share upsert": (outbox._upsert_statement("postgresql", returning=True), _share_row("r", t.id, "n")),
+        "on-share attempt": (outbox.ATTEMPT.insert(), {"on_share_id": 1, "at": datetime.now(UTC),
+                                                       "outbound_request_id": "o", "status_code": 202, "ok": True,
+                                                       "error": None, "duration_ms": 1}),
+        "on-share outcome": (outbox._OUTCOME, {"oid": 1, "new_status": "sent", "inc": 1, "error": None,
+                                               "sent": None}),
+    }[op.name]  # fmt: skip
+    fast = _pg_statement(stmt, dialect, tuple(row))
+    assert fast is not None
+    assert "%(" in fast.sql and {name for name, _ in fast.binds} <= set(row)
+    if op is ONSHARE_UPSERT:  # a re-armed row is pending again: the statement's own value, not the row's
+        assert "pending" in fast.constants.values()
