@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
+from pathlib import Path
 
 import psycopg
+import uvloop
 
 from bench.context import Run
 from bench.procs import HIP, create_database, drop_database, postgres_available, start_redis
@@ -18,6 +22,13 @@ from token_service.app import create_app
 from token_service.queue.status import Source
 
 COUNTER = "OPD1"
+STRATEGIES = {
+    "ours": "ours: Redis Lua sequence + SQL record (group commit)",
+    "rowlock": "SQL row lock (SELECT … FOR UPDATE)",
+    "identity": "DB identity column (Bahmni)",
+    "count": "count today + 1 (OpenMRS, CARE)",
+}
+Result = tuple[int, float, list[float]]
 TABLES = """
 CREATE TABLE bench_seq (counter text, day date, value int NOT NULL, PRIMARY KEY (counter, day));
 CREATE TABLE bench_rowlock (id serial PRIMARY KEY, counter text, day date, number int, issued_at timestamptz);
@@ -78,14 +89,50 @@ async def _timed(
     return done, time.perf_counter() - started, lat
 
 
-async def _sql_strategy(dsn: str, clients: int, seconds: float, step: Callable[..., Awaitable[None]]) -> tuple[int, float, list[float]]:  # fmt: skip
-    conns = [await psycopg.AsyncConnection.connect(dsn) for _ in range(clients)]
+SQL_STEPS: dict[str, Callable[[psycopg.AsyncConnection, date], Awaitable[None]]] = {
+    "rowlock": _row_lock, "identity": _identity, "count": _count_plus_one,
+}  # fmt: skip
+
+
+async def _strategy(strategy: str, clients: int, seconds: float, start_at: float, where: dict[str, str]) -> Result:  # fmt: skip
+    """One process's share of a strategy's clients, started at the wall-clock `start_at`."""
+    if strategy == "ours":
+        settings = settings_for(Path(where["workdir"]), where["redis_url"], where["url"])
+        logging.getLogger("token_service").setLevel(logging.ERROR)
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            tokens = app.state.opd.tokens
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            return await _timed(clients, seconds, lambda i: _issue(tokens))
+    step = SQL_STEPS[strategy]
+    conns = [await psycopg.AsyncConnection.connect(where["dsn"]) for _ in range(clients)]
     day = date.today()
     try:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         return await _timed(clients, seconds, lambda i: step(conns[i], day))
     finally:
         for c in conns:
             await c.close()
+
+
+def _child(strategy: str, clients: int, seconds: float, start_at: float, where: dict[str, str]) -> Result:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_strategy(strategy, clients, seconds, start_at, where))
+
+
+async def _in_processes(strategy: str, processes: int, clients: int, seconds: float, where: dict[str, str]) -> Result:  # fmt: skip
+    """`clients` clients of one strategy spread over `processes` client processes (as many as the service
+    has workers): every strategy gets the same client CPU, so none is measured against a busy client."""
+    split = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    start_at = time.time() + 2.0 + (3.0 if strategy == "ours" else 0.0)  # time to import and start the app
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(pool, _child, strategy, n, seconds, start_at, where) for n in split if n
+        ))  # fmt: skip
+    done = sum(p[0] for p in parts)
+    elapsed = max(p[1] for p in parts)
+    return done, elapsed, [x for p in parts for x in p[2]]
 
 
 async def run_alloc(run: Run, section: Section) -> None:
@@ -103,16 +150,10 @@ async def run_alloc(run: Run, section: Section) -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await conn.execute(TABLES)
             await conn.execute("INSERT INTO bench_seq VALUES (%s, %s, 0)", (COUNTER, date.today()))
-        logging.getLogger("token_service").setLevel(logging.ERROR)
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            tokens = app.state.opd.tokens
-            ours = await _timed(clients, seconds, lambda i: _issue(tokens))
+        where = {"workdir": str(workdir), "redis_url": redis_url, "url": url, "dsn": dsn}
+        procs = run.sizes.workers
         results = {
-            "ours: Redis Lua sequence + SQL record (group commit)": ours,
-            "SQL row lock (SELECT … FOR UPDATE)": await _sql_strategy(dsn, clients, seconds, _row_lock),
-            "DB identity column (Bahmni)": await _sql_strategy(dsn, clients, seconds, _identity),
-            "count today + 1 (OpenMRS, CARE)": await _sql_strategy(dsn, clients, seconds, _count_plus_one),
+            name: await _in_processes(key, procs, clients, seconds, where) for key, name in STRATEGIES.items()
         }
         dupes = await _duplicates(dsn)
         for name, (done, elapsed, lat) in results.items():
@@ -126,8 +167,10 @@ async def run_alloc(run: Run, section: Section) -> None:
         section.check("ours ≥ 5 × the row lock", ratio >= 5, f"{ratio:.1f} ×")
         section.check("ours: 0 duplicates", dupes[keys[0]] == 0, f"{dupes[keys[0]]} duplicates")
         section.notes.append(
-            f"{clients} concurrent clients on one counter, {seconds:.0f} s each, one after another in one "
-            f"process. count+1 produced {dupes[keys[3]]} duplicate numbers in {results[keys[3]][0]} tokens; "
+            f"{clients} concurrent clients on one counter, {seconds:.0f} s each, one strategy after another; "
+            f"each strategy's clients are spread over {procs} client processes (the service's worker count), "
+            "and for ours each process runs the service's own token code with its SQL writer and recorder, "
+            f"as a worker does. count+1 produced {dupes[keys[3]]} duplicate numbers in {results[keys[3]][0]} tokens; "
             "the identity column never repeats but never restarts per counter and day either, so its "
             "'numbers' are not a per-counter sequence at all."
         )

@@ -8,6 +8,7 @@ over a dead worker's lease, and releases a lease naming this worker for an on-sh
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -69,6 +70,36 @@ async def test_wake_leaves_an_on_share_a_live_worker_is_sending(outbox: Outbox) 
     await outbox.wake(oid, entry("r1"))
     assert await due(outbox) == {str(oid)}
     assert await outbox.redis.get(lease_key(oid)) is None
+
+
+async def test_wake_claims_for_its_own_running_worker_when_it_has_room(outbox: Outbox) -> None:
+    # The intake's worker sends at once: the same script that stores the job names this worker in the
+    # lease, and the on-share never passes through the due set.
+    held: list[asyncio.StreamWriter] = []  # a gateway that takes the connection and never answers
+    server = await asyncio.start_server(lambda _r, w: held.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    outbox.gateway = GatewayClient(f"http://127.0.0.1:{port}", "c", "s", "sbx", outbox.gateway._http)
+    outbox.start()
+    try:
+        oid = await outbox.record(entry("r3"))
+        await outbox.wake(oid, entry("r3"))
+        assert await outbox.redis.get(lease_key(oid)) == outbox.worker
+        assert await due(outbox) == set()
+        assert oid in outbox._sending and len(outbox._inflight) == 1
+        # No room left: the on-share is queued as due for any worker, with no lease.
+        outbox.concurrency = len(outbox._inflight)
+        other = await outbox.record(entry("r4"))
+        await outbox.wake(other, entry("r4"))
+        assert await due(outbox) == {str(other)}
+        assert await outbox.redis.get(lease_key(other)) is None
+        assert other not in outbox._sending
+    finally:
+        await outbox.close()
+        server.close()
+        for w in held:
+            w.close()
+    # Stopped mid-send: the claimed one is handed back as due for the next worker.
+    assert str(oid) in await due(outbox)
 
 
 async def test_wake_rearms_a_finished_on_share(outbox: Outbox) -> None:

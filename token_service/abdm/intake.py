@@ -74,11 +74,12 @@ class ShareIntake:
         token: Token | None = None
         outcome = "rejected"
         error = await self._refusal(share, hip_id)
+        patient = share.profile.to_json()
         if error is None:
             try:
                 result = await self.tokens.issue(
                     hip_id, share.counter_code, source=Source.SCAN_SHARE, request_id=share.request_id,
-                    abha_address=share.profile.abha_address, patient=share.profile.to_json(),
+                    abha_address=share.profile.abha_address, patient=patient,
                     persist=False,
                 )  # fmt: skip
             except (Conflict, NotFound) as exc:
@@ -100,9 +101,7 @@ class ShareIntake:
         )
         if token is not None:
             # The token and the on-share owed for it commit together, in one write.
-            (on_share_id,) = await self.tokens.persist(
-                [token], share.profile.to_json(), also=[self.outbox.row(entry)]
-            )
+            (on_share_id,) = await self.tokens.persist([token], patient, also=[self.outbox.row(entry)])
         else:
             on_share_id = await self.outbox.record(entry)
         await self.outbox.wake(on_share_id, entry)

@@ -105,17 +105,25 @@ local function live_worker(holder, beat_prefix)
 end
 """
 
-# KEYS: due, lease, job, wake. ARGV: id, now ms, beat prefix, job JSON, job ttl ms, wake max.
+# KEYS: due, lease, job, wake. ARGV: id, now ms, beat prefix, job JSON, job ttl ms, wake max, and
+# either '' or (this worker, lease ms) to claim it at once instead of queuing it.
 # A "done" marker is re-armed (the gateway delivered the same REQUEST-ID again); a live sender is not.
+# Returns 0 (a live worker sends it), 1 (queued as due) or 2 (claimed by the calling worker).
 _WAKE = (
     _LIVE
     + """
 if live_worker(redis.call('GET', KEYS[2]), ARGV[3]) then
   return 0  -- a live worker is sending this on-share right now: a second send would duplicate it
 end
-redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[3], 'd', ARGV[4], 'a', '0')
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]))
+if ARGV[7] ~= '' then
+  -- The intake's own worker has room: it sends now, exactly as if it had claimed it from the due set.
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[7], 'PX', tonumber(ARGV[8]))
+  return 2
+end
+redis.call('DEL', KEYS[2])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('LPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
@@ -367,18 +375,34 @@ class Outbox:
         return int(on_share_id)
 
     async def wake(self, on_share_id: int, entry: OutboxEntry) -> None:
-        """Make the on-share due now and nudge a worker. Failure is tolerated: the sweep finds it."""
-        job = orjson.dumps({
-            "hip": entry.hip_id, "p": entry.payload,
-            "dl": _now_ms() + int(self.deadline_s * 1000),
-        })  # fmt: skip
+        """Make the on-share due now and nudge a worker. Failure is tolerated: the sweep finds it.
+
+        When this worker's delivery loop runs and has room, the same script claims the on-share for it
+        and the send starts here at once: no trip through the due set, the wake list and a claim.
+        """
+        deadline_ms = _now_ms() + int(self.deadline_s * 1000)
+        job = orjson.dumps({"hip": entry.hip_id, "p": entry.payload, "dl": deadline_ms})
+        claim: list[str | int] = ["", 0]
+        marked = False
+        if self._tasks and len(self._inflight) < self.concurrency and self._beat_fresh():
+            claim = [self.worker, self.lease_ms]
+            # Counted as ours from before the script runs: a sweep preparing its arguments meanwhile
+            # must not take our fresh lease for a claim whose answer was lost.
+            marked = on_share_id not in self._sending
+            self._sending.add(on_share_id)
+        woke = 0
         try:
-            await self._wake(
+            woke = int(await self._wake(
                 keys=[DUE_KEY, lease_key(on_share_id), job_key(on_share_id), WAKE_KEY],
-                args=[on_share_id, _now_ms(), BEAT_PREFIX, job, self.lease_ms + JOB_MARGIN_MS, WAKE_MAX],
-            )
+                args=[on_share_id, _now_ms(), BEAT_PREFIX, job, self.lease_ms + JOB_MARGIN_MS, WAKE_MAX, *claim],
+            ))  # fmt: skip
         except Exception as exc:
             log.warning("on-share %s: wake-up failed (%s); the sweep will deliver it", on_share_id, exc)
+        finally:
+            if marked and woke != 2:
+                self._sending.discard(on_share_id)
+        if woke == 2:
+            self._spawn(on_share_id, _Job(on_share_id, entry, deadline_ms, 0))
 
     # ---- lifecycle ----
 
@@ -451,26 +475,34 @@ class Outbox:
             return 0
         # Our heartbeat must be live before a lease names us, or a sweep could take the claim over. The
         # heartbeat task keeps it fresh; only after a gap (start, a Redis outage) is it renewed here.
-        if time.monotonic() - self._beat_at > BEAT_EVERY_S * 2:
+        if not self._beat_fresh():
             await self._renew_beat()
         flat = await self._claim(
             keys=[DUE_KEY], args=[_now_ms(), free, KEY_PREFIX, self.worker, self.lease_ms]
         )
         for i in range(0, len(flat), 3):
             on_share_id, job, attempts = int(flat[i]), flat[i + 1], int(flat[i + 2] or 0)
-            task = asyncio.create_task(
-                self._deliver(on_share_id, job, attempts), name=f"onshare-{on_share_id}"
-            )
-            self._inflight.add(task)
-            self._sending.add(on_share_id)
-            task.add_done_callback(self._inflight.discard)
-            task.add_done_callback(functools.partial(_let_go, self._sending, on_share_id))
+            self._spawn(on_share_id, job, attempts)
         return len(flat) // 3
+
+    def _beat_fresh(self) -> bool:
+        return time.monotonic() - self._beat_at <= BEAT_EVERY_S * 2
+
+    def _spawn(self, on_share_id: int, job: _Job | str | bytes, attempts: int = 0) -> None:
+        """Send a claimed on-share in its own task; it counts as in flight until it is let go."""
+        task = asyncio.create_task(self._deliver(on_share_id, job, attempts), name=f"onshare-{on_share_id}")
+        self._inflight.add(task)
+        self._sending.add(on_share_id)
+        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(functools.partial(_let_go, self._sending, on_share_id))
 
     # ---- delivery ----
 
-    async def _job(self, on_share_id: int, raw: str | bytes, attempts: int) -> _Job | None:
-        """What to send: from the job hash, or from SQL when Redis lost it (None: nothing owed)."""
+    async def _job(self, on_share_id: int, raw: _Job | str | bytes, attempts: int) -> _Job | None:
+        """What to send: handed over by the intake, from the job hash, or from SQL when Redis lost it
+        (None: nothing owed)."""
+        if isinstance(raw, _Job):
+            return raw
         if raw:
             data = orjson.loads(raw)
             entry = OutboxEntry.from_payload(str(data["hip"]), data["p"])
@@ -484,7 +516,7 @@ class Outbox:
             on_share_id, OutboxEntry.from_payload(row.hip_id, row.payload), deadline_ms, int(row.attempts)
         )
 
-    async def _deliver(self, on_share_id: int, raw: str | bytes, attempts: int) -> None:
+    async def _deliver(self, on_share_id: int, raw: _Job | str | bytes, attempts: int) -> None:
         try:
             job = await self._job(on_share_id, raw, attempts)
             if job is None:
