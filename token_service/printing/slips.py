@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from printer.slip import LANGUAGES, SlipData
+from printer.slip_data import LANGUAGES, SlipData
 from token_service.clock import from_ms
 from token_service.directory import FacilityConfig
 from token_service.queue.service import Token
