@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
@@ -67,9 +69,31 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def outbound(
+    request: pytest.FixtureRequest, http: httpx.AsyncClient
+) -> AsyncIterator[httpx.AsyncClient | aiohttp.ClientSession]:
+    """The client's own connection to the gateway: an aiohttp session (what the service uses) or httpx."""
+    if request.param == "httpx":
+        yield http
+        return
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
 @pytest.fixture
-def client(base_url: str, http: httpx.AsyncClient) -> GatewayClient:
-    return GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", http, timeout_s=2.0)
+def client(base_url: str, outbound: httpx.AsyncClient | aiohttp.ClientSession) -> GatewayClient:
+    return GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", outbound, timeout_s=2.0)
+
+
+async def test_connection_refused_is_retryable(outbound: httpx.AsyncClient | aiohttp.ClientSession) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = GatewayClient(f"http://127.0.0.1:{port}", CLIENT_ID, CLIENT_SECRET, "sbx", outbound)
+    result = await client.on_share(SHARE, "1", 1800)
+    assert (result.ok, result.status, result.retryable) == (False, None, True)
+    assert result.error is not None and result.error.startswith("session: session request failed: ")
 
 
 async def test_session_and_on_share_recorded(
@@ -107,8 +131,10 @@ async def test_newest_first_and_clear(
     assert (await http.get(f"{base_url}/api/on-shares")).json() == []
 
 
-async def test_wrong_secret(base_url: str, http: httpx.AsyncClient, state: SandboxState) -> None:
-    client = GatewayClient(base_url, CLIENT_ID, "wrong", "sbx", http)
+async def test_wrong_secret(
+    base_url: str, outbound: httpx.AsyncClient | aiohttp.ClientSession, state: SandboxState
+) -> None:
+    client = GatewayClient(base_url, CLIENT_ID, "wrong", "sbx", outbound)
     result = await client.on_share(SHARE, "1", 1800)
     assert (result.ok, result.status, result.retryable) == (False, 401, False)
     assert result.error is not None and "unauthorized_client" in result.error
@@ -175,9 +201,10 @@ async def test_revoked_session_is_refreshed(client: GatewayClient, state: Sandbo
 
 
 async def test_fault_slow_times_out_then_recovers(
-    base_url: str, http: httpx.AsyncClient, state: SandboxState
-) -> None:
-    client = GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", http, timeout_s=0.3)
+    base_url: str, http: httpx.AsyncClient, outbound: httpx.AsyncClient | aiohttp.ClientSession,
+    state: SandboxState,
+) -> None:  # fmt: skip
+    client = GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", outbound, timeout_s=0.3)
     await _set_fault(http, base_url, mode="slow", delay_s=1.0, until=None)
     started = time.monotonic()
     result = await client.on_share(SHARE, "1", 1800)
@@ -188,9 +215,9 @@ async def test_fault_slow_times_out_then_recovers(
 
 
 async def test_sandbox_refuses_bad_on_shares(
-    client: GatewayClient, base_url: str, http: httpx.AsyncClient, state: SandboxState
+    base_url: str, http: httpx.AsyncClient, state: SandboxState
 ) -> None:
-    token = await client.session_token()
+    token = await GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", http).session_token()
     headers = {"Authorization": f"Bearer {token}", "X-CM-ID": "sbx", "REQUEST-ID": "fixed-id-1"}
     headers["TIMESTAMP"] = "2020-01-01T00:00:00.000Z"
     url = f"{base_url}/api/hiecm/patient-share/v3/on-share"

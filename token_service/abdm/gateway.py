@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
+import orjson
 
 from token_service.abdm.schemas import ShareRequest
 
@@ -50,6 +52,15 @@ class GatewayError(Exception):
         self.detail = detail
         self.status = status
         self.retryable = retryable
+
+
+class _Unreachable(Exception):
+    """No answer from the gateway: a timeout or a connection that failed (refused, reset, DNS)."""
+
+    def __init__(self, name: str, *, timed_out: bool = False) -> None:
+        super().__init__(name)
+        self.name = name
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -182,7 +193,7 @@ class GatewayClient:
         client_id: str,
         client_secret: str,
         cm_id: str,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | aiohttp.ClientSession,
         clock: Callable[[], float] = time.monotonic,
         *,
         timeout_s: float = 5.0,
@@ -231,21 +242,17 @@ class GatewayClient:
             "grantType": "client_credentials",
         }
         try:
-            response = await self._http.post(
-                self._base + SESSIONS_PATH,
-                json=body,
-                headers=self._headers(str(uuid.uuid4())),
-                timeout=self._timeout_s,
+            status, content = await self._request(
+                "POST", self._base + SESSIONS_PATH, body, self._headers(str(uuid.uuid4()))
             )
-        except httpx.TransportError as exc:
-            raise GatewayError(f"session request failed: {type(exc).__name__}", None, True) from exc
-        if response.status_code != 200:
+        except _Unreachable as exc:
+            raise GatewayError(f"session request failed: {exc.name}", None, True) from exc
+        if status != 200:
             # Wrong credentials stay wrong: only server trouble and rate limits are worth a retry here.
-            status = response.status_code
             retryable = status >= 500 or status == 429
-            raise GatewayError(describe_gateway_error(status, response.content), status, retryable)
+            raise GatewayError(describe_gateway_error(status, content), status, retryable)
         try:
-            data = response.json()
+            data = json.loads(content)
             token = data["accessToken"]
             expires_in = float(data.get("expiresIn") or DEFAULT_SESSION_TTL_S)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -307,20 +314,45 @@ class GatewayClient:
             self.invalidate()
         return result
 
+    async def _request(
+        self, method: str, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One call: (status, body). Raises _Unreachable when no answer came (timeout, refused, reset).
+
+        The service passes an aiohttp session: at the morning rush every share costs an on-share, and
+        aiohttp alone spends ~0.2 ms of CPU per call against ~0.5 ms with httpx's layers on top. An
+        httpx client works the same (tests drive it with httpx's mock transport).
+        """
+        data = orjson.dumps(body)
+        if isinstance(self._http, aiohttp.ClientSession):
+            try:
+                timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+                async with self._http.request(method, url, data=data, headers=headers, timeout=timeout) as r:
+                    return r.status, await r.read()
+            except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
+                raise _Unreachable(type(exc).__name__, timed_out=True) from exc
+            except aiohttp.ClientError as exc:
+                raise _Unreachable(type(exc).__name__) from exc
+        try:
+            response = await self._http.request(
+                method, url, content=data, headers=headers, timeout=self._timeout_s
+            )
+        except httpx.TimeoutException as exc:
+            raise _Unreachable(type(exc).__name__, timed_out=True) from exc
+        except httpx.TransportError as exc:
+            raise _Unreachable(type(exc).__name__) from exc
+        return response.status_code, response.content
+
     async def _send(
         self, method: str, path: str, body: dict[str, Any], headers: dict[str, str], request_id: str
     ) -> GatewayResult:
         try:
-            response = await self._http.request(
-                method, self._base + path, json=body, headers=headers, timeout=self._timeout_s
-            )
-        except httpx.TimeoutException:
-            return GatewayResult(False, None, True, "timed out", request_id)
-        except httpx.TransportError as exc:
-            return GatewayResult(False, None, True, f"connection failed: {type(exc).__name__}", request_id)
-        status = response.status_code
+            status, content = await self._request(method, self._base + path, body, headers)
+        except _Unreachable as exc:
+            detail = "timed out" if exc.timed_out else f"connection failed: {exc.name}"
+            return GatewayResult(False, None, True, detail, request_id)
         if 200 <= status < 300:
             return GatewayResult(True, status, False, None, request_id)
-        detail = describe_gateway_error(status, response.content)
+        detail = describe_gateway_error(status, content)
         log.info("gateway %s %s answered %s (REQUEST-ID %s)", method, path, detail, request_id)
         return GatewayResult(False, status, is_retryable_status(status), detail, request_id)

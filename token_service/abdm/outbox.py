@@ -151,6 +151,14 @@ return 1
 """
 )
 
+# KEYS: lease, job. ARGV: done ms. The outcome is final: no sweep or wake may queue it again for a while,
+# and its job is not needed any more. (One script call is cheaper for the client than MULTI/EXEC.)
+_DONE = """
+redis.call('SET', KEYS[1], 'done', 'PX', tonumber(ARGV[1]))
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 # KEYS: lease. ARGV: beat prefix. 1 while a live worker (or a finished outcome) holds the on-share.
 _IS_HELD = (
     _LIVE
@@ -350,6 +358,7 @@ class Outbox:
         self._wake = redis.register_script(_WAKE)
         self._requeue = redis.register_script(_REQUEUE_ORPHAN)
         self._is_held = redis.register_script(_IS_HELD)
+        self._done = redis.register_script(_DONE)
         self._inflight: set[asyncio.Task[None]] = set()
         self._beat_at = -math.inf  # when our heartbeat key was last renewed (monotonic)
         self._sending: set[int] = set()  # on-share ids this worker has claimed and not yet let go
@@ -611,10 +620,7 @@ class Outbox:
         log.warning("on-share %s %s: %s", on_share_id, status, reason)
 
     async def _mark_done(self, on_share_id: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(lease_key(on_share_id), "done", px=DONE_MS)
-            pipe.delete(job_key(on_share_id))
-            await pipe.execute()
+        await self._done(keys=[lease_key(on_share_id), job_key(on_share_id)], args=[DONE_MS])
 
     async def _release(self, on_share_id: int, due_ms: int, *, retried: bool = False) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
