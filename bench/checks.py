@@ -31,6 +31,19 @@ def numbering(stack: Stack, section: Section, *, settle_s: float = 15.0) -> None
     )
 
 
+def wait_delivered(stack: Stack, request_ids: list[str], *, wait_s: float = 60.0) -> float:
+    """Block until the sandbox has an on-share for each of these shares (or `wait_s` passed); the
+    seconds it took. A load step starts only once the previous step owes nothing, so its latency is
+    not the previous step's backlog."""
+    want = set(request_ids)
+    started = time.monotonic()
+    while want and time.monotonic() - started < wait_s:
+        if want <= {str(r[0]) for r in stack.received()}:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def on_shares(
     stack: Stack, section: Section, request_ids: list[str], *, wait_s: float = 40.0
 ) -> dict[str, float]:

@@ -67,6 +67,7 @@ class LoadResult:
     status: list[int] = field(default_factory=list)
     index: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
+    drain_s: float = 0.0  # after the step: until every on-share it owed had reached the sandbox
 
     @property
     def count(self) -> int:
