@@ -363,6 +363,7 @@ class Outbox:
         self._beat_at = -math.inf  # when our heartbeat key was last renewed (monotonic)
         self._sending: set[int] = set()  # on-share ids this worker has claimed and not yet let go
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False  # the delivery loop runs: wake() may hand its on-share to this worker
         # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
         # tie up the pool's read-timeout machinery that the queue's short commands rely on.
         self._waiter: Redis = _blocking_client(redis, MAX_IDLE_WAIT_S + 5)
@@ -393,7 +394,7 @@ class Outbox:
         job = orjson.dumps({"hip": entry.hip_id, "p": entry.payload, "dl": deadline_ms})
         claim: list[str | int] = ["", 0]
         marked = False
-        if self._tasks and len(self._inflight) < self.concurrency and self._beat_fresh():
+        if self._running and len(self._inflight) < self.concurrency and self._beat_fresh():
             claim = [self.worker, self.lease_ms]
             # Counted as ours from before the script runs: a sweep preparing its arguments meanwhile
             # must not take our fresh lease for a claim whose answer was lost.
@@ -416,12 +417,14 @@ class Outbox:
     # ---- lifecycle ----
 
     def start(self) -> None:
+        self._running = True
         self._tasks = [
             asyncio.create_task(self._beat(), name=f"onshare-beat-{self.worker}"),
             asyncio.create_task(self.run(), name=f"onshare-outbox-{self.worker}"),
         ]
 
     async def close(self, grace_s: float = 2.0) -> None:
+        self._running = False  # from now on intake only queues: another worker sends
         for task in reversed(self._tasks):
             await _cancel(task)
         if self._inflight:
