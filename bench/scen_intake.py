@@ -50,8 +50,20 @@ async def run_intake(run: Run, section: Section) -> None:
         return r
 
     await load(budget // 10, concurrency=16, duration_s=step / 2)  # warm-up, not reported
+    cpu_before = stack.cpu_seconds()
     res = await load(budget, concurrency=CLOSED_CONCURRENCY, duration_s=step)
+    cpu_after = stack.cpu_seconds()
     max_rate = res.ok_count(202) / res.elapsed_s
+    per_share = {
+        k: max(0.0, cpu_after[k] - cpu_before[k]) * 1000 / max(1, res.ok_count(202)) for k in cpu_after
+    }
+    run.figures["cpu_ms_per_share"] = {k: round(v, 2) for k, v in per_share.items()}
+    section.notes.append(
+        "CPU per share during the closed loop (its on-shares included): "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in per_share.items())
+        + f"; {sum(per_share.values()):.2f} ms in all, so two cores allow about "
+        f"{2000 / max(0.01, sum(per_share.values())):.0f} shares/s."
+    )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None))
     end_to_end = res.ok_count(202) / (res.elapsed_s + res.drain_s)
     run.figures["shares_end_to_end_per_s"] = round(end_to_end, 1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from sqlalchemy import text
 from sqlmodel import Session
 
@@ -70,6 +71,17 @@ class Stack:
     service: Service
     signer: SandboxState
     jwts: list[str] = field(default_factory=list)
+    others: dict[str, Child] = field(default_factory=dict)  # redis, sandbox: for CPU accounting
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds used so far by each part of the stack on this box (PostgreSQL: all
+        its server processes; the load generator: this process)."""
+        out = {"service workers": _cpu([psutil.Process(p) for p in self.service.worker_pids()])}
+        for name, child in self.others.items():
+            out[name] = _cpu(child.tree())
+        out["PostgreSQL"] = _cpu([p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"])
+        out["load generator (this process)"] = _cpu([psutil.Process()])
+        return out
 
     @property
     def settings(self) -> Settings:
@@ -113,6 +125,17 @@ class Stack:
         return rows
 
 
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # gone meanwhile (a PostgreSQL backend that ended)
+            continue
+        total += t.user + t.system
+    return total
+
+
 @contextmanager
 def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]:
     """Redis, a fresh database ("sqlite" or "postgres"), the sandbox and the service; all stopped after."""
@@ -130,7 +153,10 @@ def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]
         data_dir.mkdir(parents=True, exist_ok=True)
         seed(settings_for(workdir, redis_url, database_url, gateway_url))
         service = Service(workdir, redis_url, database_url, gateway_url, workers).start()
-        yield Stack(workdir, redis_url, database_url, gateway_url, service, SandboxState.create(key))
+        others = {"Redis": redis_child, "sandbox gateway": sandbox_child}
+        yield Stack(
+            workdir, redis_url, database_url, gateway_url, service, SandboxState.create(key), others=others
+        )
     finally:
         if service is not None:
             service.stop()
