@@ -34,10 +34,13 @@ T = TypeVar("T")
 AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 
 
+_AUDIT_INSERT = AUDIT.insert()  # built once: the writer compiles each statement object once
+
+
 async def _insert_audit(conn: AsyncConnection, rows: list[Row]) -> None:
     for row in rows:
         row.setdefault("detail", None)
-    await execute_many(conn, AUDIT.insert(), rows)
+    await execute_many(conn, _AUDIT_INSERT, rows)
 
 
 AUDIT_INSERT = RowOp("audit insert", 30, _insert_audit)

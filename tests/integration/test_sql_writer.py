@@ -8,6 +8,7 @@ psycopg, so these tests read the rows back and compare them with what was submit
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.support.app import make_settings
+from tests.support.pg import fresh_database
+from tests.support.servers import postgres_url
 from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
 from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
@@ -69,7 +72,9 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
             assert isinstance(id1, int) and isinstance(id2, int) and id1 != id2
             assert id2_again == id2
             # A re-delivery later re-arms the row (fresh payload) and answers with the same id.
-            (rearmed,) = await writer.submit_rows([(ONSHARE_UPSERT, _share_row("req-1", _token(1).id, "again"))])
+            (rearmed,) = await writer.submit_rows(
+                [(ONSHARE_UPSERT, _share_row("req-1", _token(1).id, "again"))]
+            )
             assert rearmed == id1
 
             # An older version never overwrites a newer one; a newer one does.
@@ -91,12 +96,18 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
                 shares = {r.request_id: r for r in await conn.execute(select(ON_SHARE))}
                 events = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
                 audits = (await conn.execute(select(AUDIT.c.actor, AUDIT.c.detail))).all()
-                attempts = (await conn.execute(text("SELECT on_share_id, ok, status_code FROM on_share_attempt"))).all()
+                attempts = (
+                    await conn.execute(text("SELECT on_share_id, ok, status_code FROM on_share_attempt"))
+                ).all()
             assert toks[1].patient == patient and toks[2].patient is None
             assert toks[1].label == "A1" and _ms(toks[1].issued_at) == 1_795_000_000_001
             assert (toks[2].status, toks[2].version, toks[2].desk) == ("called", 2, "D1")
             assert set(shares) == {"req-1", "req-2"}
-            assert shares["req-1"].payload == {"request_id": "req-1", "name": "again", "nested": {"n": [1, 2]}}
+            assert shares["req-1"].payload == {
+                "request_id": "req-1",
+                "name": "again",
+                "nested": {"n": [1, 2]},
+            }
             assert shares["req-2"].payload["name"] == "B again"
             assert (shares["req-1"].status, shares["req-1"].attempts) == ("sent", 1)
             assert shares["req-1"].sent_at is not None
@@ -140,3 +151,47 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
     assert "%(" in fast.sql and {name for name, _ in fast.binds} <= set(row)
     if op is ONSHARE_UPSERT:  # a re-armed row is pending again: the statement's own value, not the row's
         assert "pending" in fast.constants.values()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (only PostgreSQL has the compiled path)."""
+    if postgres_url() is None:
+        pytest.skip("no PostgreSQL reachable (set OPD_TEST_POSTGRES_URL)")
+    with fresh_database("postgres") as url:
+        yield url
+
+
+def test_statements_compile_once(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    """Every batch reuses the statements compiled for the first: nothing is compiled (and kept) per batch."""
+    from token_service.records import writer as writer_module
+
+    settings = make_settings(tmp_path, redis_url, pg_url)
+    db.migrate(settings)
+
+    async def scenario() -> list[int]:
+        engine = db.async_engine(settings)
+        writer = SqlWriter(engine)
+        writer.start()
+        sizes = []
+        try:
+            for n in range(1, 5):
+                t = _token(n)
+                (oid,) = await writer.submit_rows([(ONSHARE_UPSERT, _share_row(f"req-{n}", t.id, "n"))])
+                at = datetime.now(UTC)
+                await writer.submit_rows([
+                    *token_rows([t], {"name": "x"}),
+                    (EVENT_INSERT, event_row(HIP, f"1-{n}", "issued", 1_795_000_000_000, "", t)),
+                    (AUDIT_INSERT, {"at": at, "actor": "clerk", "action": "issue", "hip_id": HIP, "target": t.id}),
+                    (ATTEMPT_INSERT, {"on_share_id": oid, "at": at, "outbound_request_id": "o", "status_code": 202,
+                                      "ok": True, "error": None, "duration_ms": 1}),
+                    (ONSHARE_OUTCOME, {"oid": oid, "new_status": "sent", "inc": 1, "error": None, "sent": at}),
+                ])  # fmt: skip
+                sizes.append(len(writer_module._PG_COMPILED))
+        finally:
+            await writer.close()
+            await engine.dispose()
+        return sizes
+
+    sizes = asyncio.run(scenario())
+    assert sizes[1:] == [sizes[0]] * 3, sizes

@@ -293,8 +293,11 @@ async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
     return [ids[(row["hip_id"], row["request_id"])] for row in rows]
 
 
+_ATTEMPT_INSERT = ATTEMPT.insert()  # built once: the writer compiles each statement object once
+
+
 async def _attempt_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    await execute_many(conn, ATTEMPT.insert(), rows)
+    await execute_many(conn, _ATTEMPT_INSERT, rows)
 
 
 _OUTCOME = (

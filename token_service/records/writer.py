@@ -151,6 +151,7 @@ class _PgStatement:
         return out
 
 
+PG_COMPILED_MAX = 64
 _PG_COMPILED: dict[tuple[int, tuple[str, ...]], tuple[UpdateBase, _PgStatement | None]] = {}
 
 
@@ -160,6 +161,11 @@ def _pg_statement(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> 
     hit = _PG_COMPILED.get(cache_key)
     if hit is not None and hit[0] is stmt:
         return hit[1]
+    if len(_PG_COMPILED) >= PG_COMPILED_MAX:
+        # Statements are meant to be built once, at module level; one built per call would otherwise
+        # be compiled per call and kept for ever.
+        log.warning("SQL writer: %d statements compiled; is one built per call?", len(_PG_COMPILED))
+        _PG_COMPILED.clear()
     compiled: Any = stmt.compile(dialect=dialect, column_keys=list(keys))
     fast: _PgStatement | None = None
     if not (compiled.insert_prefetch or compiled.update_prefetch or compiled.literal_execute_params
@@ -181,7 +187,8 @@ def _pg_statement(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> 
 async def execute_many(
     conn: AsyncConnection, stmt: UpdateBase, rows: list[Row], *, returning: bool = False
 ) -> list[tuple[Any, ...]] | None:
-    """Run `stmt` once per row in `conn`'s transaction: the writer's hot statements.
+    """Run `stmt` once per row in `conn`'s transaction: the writer's hot statements. `stmt` must be
+    built once (at module level), not per call: it is compiled once per object.
 
     On PostgreSQL the statement is compiled once and handed with its parameter list straight to
     psycopg (pipelined executemany): SQLAlchemy's per-execution work (building an execution context,
