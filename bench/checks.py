@@ -52,13 +52,7 @@ def on_shares(
     Returns received_at (wall clock) per REQUEST-ID for latency figures.
     """
     want = set(request_ids)
-    deadline = time.monotonic() + wait_s
-    while True:
-        rows = stack.received()
-        seen = {str(r[0]) for r in rows} & want
-        if len(seen) == len(want) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    wait_delivered(stack, request_ids, wait_s=wait_s)
     time.sleep(1.0 if want else 0)  # a late duplicate would land now
     rows = stack.received()
     counts = Counter(str(r[0]) for r in rows if str(r[0]) in want)

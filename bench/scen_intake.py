@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -58,11 +59,12 @@ async def run_intake(run: Run, section: Section) -> None:
         k: max(0.0, cpu_after[k] - cpu_before[k]) * 1000 / max(1, res.ok_count(202)) for k in cpu_after
     }
     run.figures["cpu_ms_per_share"] = {k: round(v, 2) for k, v in per_share.items()}
+    cores = os.cpu_count() or 1
     section.notes.append(
         "CPU per share during the closed loop (its on-shares included): "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in per_share.items())
-        + f"; {sum(per_share.values()):.2f} ms in all, so two cores allow about "
-        f"{2000 / max(0.01, sum(per_share.values())):.0f} shares/s."
+        + f"; {sum(per_share.values()):.2f} ms in all, so {cores} cores allow about "
+        f"{cores * 1000 / max(0.01, sum(per_share.values())):.0f} shares/s."
     )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None))
     end_to_end = res.ok_count(202) / (res.elapsed_s + res.drain_s)

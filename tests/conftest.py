@@ -30,16 +30,26 @@ def redis_url(redis_proc: RedisProc) -> Iterator[str]:
     client.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """'' for SQLite in the data dir, or a fresh PostgreSQL database (skipped when none is reachable)."""
+def _fresh_database(backend: str) -> Iterator[str]:
     from tests.support.pg import fresh_database
     from tests.support.servers import postgres_url
 
-    if request.param == "postgres" and postgres_url() is None:
+    if backend == "postgres" and postgres_url() is None:
         pytest.skip("no PostgreSQL reachable (set OPD_TEST_POSTGRES_URL)")
-    with fresh_database(request.param) as url:
+    with fresh_database(backend) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """'' for SQLite in the data dir, or a fresh PostgreSQL database (skipped when none is reachable)."""
+    yield from _fresh_database(request.param)
+
+
+@pytest.fixture
+def postgres_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, for what only PostgreSQL has (skipped when none is reachable)."""
+    yield from _fresh_database("postgres")
 
 
 @pytest.fixture(scope="session")

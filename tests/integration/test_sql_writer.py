@@ -8,7 +8,6 @@ psycopg, so these tests read the rows back and compare them with what was submit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.support.app import make_settings
-from tests.support.pg import fresh_database
-from tests.support.servers import postgres_url
 from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
 from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
@@ -153,20 +150,11 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
         assert "pending" in fast.constants.values()
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database (only PostgreSQL has the compiled path)."""
-    if postgres_url() is None:
-        pytest.skip("no PostgreSQL reachable (set OPD_TEST_POSTGRES_URL)")
-    with fresh_database("postgres") as url:
-        yield url
-
-
-def test_statements_compile_once(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+def test_statements_compile_once(tmp_path: Path, postgres_database_url: str, redis_url: str) -> None:
     """Every batch reuses the statements compiled for the first: nothing is compiled (and kept) per batch."""
     from token_service.records import writer as writer_module
 
-    settings = make_settings(tmp_path, redis_url, pg_url)
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
     db.migrate(settings)
 
     async def scenario() -> list[int]:

@@ -42,7 +42,7 @@ from token_service.abdm.profile import PatientProfile
 from token_service.abdm.schemas import PROFILE_SHARE, ShareRequest
 from token_service.clock import Clock
 from token_service.models import OnShare, OnShareAttempt
-from token_service.records.writer import Row, RowOp, SqlWriter, execute_many
+from token_service.records.writer import Row, RowOp, SqlWriter, execute_many, psycopg_path
 
 __all__ = ["Outbox", "OutboxEntry"]
 
@@ -277,7 +277,7 @@ async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
         last[(row["hip_id"], row["request_id"])] = row
     ordered = [last[k] for k in sorted(last)]  # one lock order for every writer
     ids: dict[tuple[str, str], int] = {}
-    if conn.dialect.name == "postgresql":
+    if psycopg_path(conn):
         returned = await execute_many(conn, _upsert_statement("postgresql", returning=True), ordered,
                                       returning=True)  # fmt: skip
         for row, got in zip(ordered, returned or (), strict=True):

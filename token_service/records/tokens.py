@@ -103,8 +103,7 @@ def _newest_rows(rows: Sequence[Row]) -> list[Row]:
 
 async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """The newest known state of each token; an older version never overwrites a newer one."""
-    if rows:
-        await execute_many(conn, _statement(conn.dialect.name, "token"), _newest_rows(rows))
+    await execute_many(conn, _statement(conn.dialect.name, "token"), _newest_rows(rows))
 
 
 _ATTACH = (
@@ -116,14 +115,12 @@ _ATTACH = (
 
 async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """The shared profile is stored once, with the token that it was shared for."""
-    if rows:
-        await execute_many(conn, _ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
+    await execute_many(conn, _ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
 
 
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
-    if rows:
-        await execute_many(conn, _statement(conn.dialect.name, "event"), rows)
+    await execute_many(conn, _statement(conn.dialect.name, "event"), rows)
 
 
 # Operations for the SQL writer's batches: a token's state, its shared profile, its history.

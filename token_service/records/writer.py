@@ -184,6 +184,11 @@ def _pg_statement(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> 
     return fast
 
 
+def psycopg_path(conn: AsyncConnection) -> bool:
+    """Whether `execute_many` runs on psycopg directly here (PostgreSQL), with `returning` available."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
 async def execute_many(
     conn: AsyncConnection, stmt: UpdateBase, rows: list[Row], *, returning: bool = False
 ) -> list[tuple[Any, ...]] | None:
@@ -197,10 +202,7 @@ async def execute_many(
     """
     if not rows:
         return [] if returning else None
-    dialect = conn.dialect
-    fast = None
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        fast = _pg_statement(stmt, dialect, tuple(rows[0]))
+    fast = _pg_statement(stmt, conn.dialect, tuple(rows[0])) if psycopg_path(conn) else None
     if fast is None:
         if returning:
             raise ValueError("execute_many(returning=True) needs PostgreSQL with psycopg")
