@@ -18,7 +18,7 @@ from bench.context import Run
 from bench.procs import HIP, create_database, drop_database, postgres_available, start_redis
 from bench.stack import seed, settings_for
 from bench.stats import Section, summary_ms
-from token_service.app import create_app
+from token_service.app import create_app, tune_gc
 from token_service.queue.status import Source
 
 COUNTER = "OPD1"
@@ -101,6 +101,7 @@ async def _strategy(strategy: str, clients: int, seconds: float, start_at: float
         logging.getLogger("token_service").setLevel(logging.ERROR)
         app = create_app(settings)
         async with app.router.lifespan_context(app):
+            tune_gc()  # as `opd-token serve` does in each worker once it has started
             tokens = app.state.opd.tokens
             await asyncio.sleep(max(0.0, start_at - time.time()))
             return await _timed(clients, seconds, lambda i: _issue(tokens))

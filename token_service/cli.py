@@ -312,7 +312,7 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
             embedded.stop()
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     config = uvicorn.Config(
-        "token_service.app:create_app", factory=True, workers=workers, log_level="info",
+        "token_service.app:create_worker_app", factory=True, workers=workers, log_level="info",
         timeout_keep_alive=30, access_log=False, proxy_headers=False,
         http="token_service.security:BoundedHttpToolsProtocol",
     )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -15,6 +16,13 @@ from token_service.api.deps import StateDep
 router = APIRouter(tags=["health"])
 QUEUE_LENGTH = Gauge("opd_queue_waiting", "Tokens waiting per counter", ["hip_id", "counter"])
 READY_TIMEOUT_S = 1.0
+# How this process's collector is set (a served worker tunes it at startup: see app.tune_gc).
+Gauge("opd_gc_frozen_objects", "Objects frozen out of garbage collection at worker start").set_function(
+    gc.get_freeze_count
+)
+Gauge("opd_gc_young_threshold", "Net allocations between young-generation collections").set_function(
+    lambda: gc.get_threshold()[0]
+)
 
 
 @router.get("/healthz")
