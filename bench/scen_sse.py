@@ -131,6 +131,7 @@ async def clients_round(stack: Stack, run: Run, headers: dict[str, str], n: int,
                 call_times.append(t0)
             await asyncio.sleep(CALL_GAP_S * pause)
         await asyncio.sleep(2.0 * pause)
+    rss = stack.service.worker_rss_mb()  # while every client is still connected
     boards, status_updates, dropped = await fleet.collect()
     board_lat = board_latencies(boards, sent)
     status_lat = status_latencies(status_updates, call_times)
@@ -140,7 +141,8 @@ async def clients_round(stack: Stack, run: Run, headers: dict[str, str], n: int,
             "connect_s": round(fleet.connect_s, 1), "calls": len(sent), "board_events": len(board_lat),
             "board_missing": expected - len(board_lat), "board_p50_ms": b["p50"], "board_p90_ms": b["p90"],
             "board_p99_ms": b["p99"], "status_events": len(status_lat), "status_p50_ms": s["p50"],
-            "status_p99_ms": s["p99"], "dropped": dropped, "failures": fleet.reasons or None}  # fmt: skip
+            "status_p99_ms": s["p99"], "worker_rss_mb": max(rss, default=None), "dropped": dropped,
+            "failures": fleet.reasons or None}  # fmt: skip
 
 
 async def run_sse(run: Run, section: Section) -> None:
@@ -155,12 +157,14 @@ async def run_sse(run: Run, section: Section) -> None:
         row = await clients_round(stack, run, headers, n, watched, sizes.sse_calls)
         section.rows.append(row)
         healthy = row["connect_failed"] == 0 and row["board_missing"] == 0 and row["dropped"] == 0
+        # Boards and patients' phones alike: the slower of the two is the figure.
+        p99 = max(row["board_p99_ms"] or 0, row["status_p99_ms"] or 0)
         if i == 0:
-            section.check(f"call-next → event on {n} SSE clients, p99 ≤ 250 ms",
-                          healthy and row["board_p99_ms"] <= 250,
+            section.check(f"call-next → event on {n} SSE clients (boards and status pages), p99 ≤ 250 ms",
+                          healthy and p99 <= 250,
                           f"board p99 {row['board_p99_ms']} ms, status p99 {row['status_p99_ms']} ms, "
                           f"{row['board_missing']} missing, {row['connect_failed']} failed")  # fmt: skip
-        if healthy and row["board_p99_ms"] <= 1000:
+        if healthy and p99 <= 1000:
             best = n
         else:
             break
@@ -170,4 +174,6 @@ async def run_sse(run: Run, section: Section) -> None:
         f"in {PROCESSES} client processes on the same box. Status pages get their update after the snapshot "
         "is rebuilt (coalesced 80 ms), so their latency includes that window by design."
     )
-    section.notes.append(f"Most clients held with board p99 ≤ 1 s in this run: {best} (ramp {list(rounds)}).")
+    section.notes.append(f"Most clients held with board and status p99 ≤ 1 s in this run: {best} "
+                         f"(ramp {list(rounds)}). worker_rss_mb: the largest worker's RSS with every client "
+                         "connected.")  # fmt: skip

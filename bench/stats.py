@@ -127,7 +127,7 @@ def machine() -> dict[str, Any]:
                 "pyjwt",
                 "cryptography",
                 "orjson",
-                "sse-starlette",
+                "starlette",
                 "pillow",
             )
         },

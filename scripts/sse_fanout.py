@@ -1,7 +1,7 @@
 """Measure one worker's SSE fan-out: N board streams and M status-page streams, in process.
 
 Runs the real app (lifespan, live hub, Redis pub/sub, SQLite) and drives the real stream generators of
-`token_service.api.board` the way sse_starlette does (each yielded item through `ensure_bytes`), without
+`token_service.api.board` the way the streaming response does (each yielded item is the bytes sent), without
 sockets, so the figures are the event loop's own work per call-next: encoding, positions, status bodies.
 
     python scripts/sse_fanout.py --boards 2000 --status 2000 --calls 10 [--redis redis://127.0.0.1:6379/15]
@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sse_starlette.event import ensure_bytes
-
 from tests.support.app import HIP, login, make_settings, running_app, seed
 from tests.support.servers import RedisProc
 from token_service.api import board as board_api
@@ -38,7 +36,7 @@ class Fleet:
 
     async def consume(self, gen: Any) -> None:
         async for item in gen:
-            chunk = ensure_bytes(item, "\r\n")
+            chunk: bytes = item
             self.bytes += len(chunk)
             head = chunk[:40]
             for kind in ("call", "update", "status"):

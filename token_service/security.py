@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import httptools
 from fastapi import FastAPI
@@ -88,27 +89,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     Serve with ``uvicorn.Config(http=BoundedHttpToolsProtocol)``.
     """
 
-    _head_pending = True  # the current request's head has not been seen to end yet
-    _head_bytes = 0
-    _tail = b""  # the last bytes of the previous read: a CRLFCRLF may straddle two reads
-    _parsed = 0  # request line and headers delivered by the parser for the current request
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One attribute, not four: uvicorn sets 28, and an instance dict with over 30 keys stops
+        # sharing its key table with the other connections' (1.5 KB more per connection).
+        self._head = _HeadCount()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_pending:
-            window = self._tail + data
+        head = self._head
+        if head.pending:
+            window = head.tail + data
             end = window.find(b"\r\n\r\n")
-            seen = self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._tail))
+            seen = head.bytes + (len(data) if end < 0 else end + 4 - len(head.tail))
             if seen > MAX_HEAD_BYTES:
                 self.transport.write(_431 % (len(_431_BODY), _431_BODY))
                 self.transport.close()
                 return
-            self._head_pending = end < 0
-            self._head_bytes, self._tail = (seen, window[-3:]) if end < 0 else (0, b"")
+            head.pending = end < 0
+            head.bytes, head.tail = (seen, window[-3:]) if end < 0 else (0, b"")
         super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._parsed = 0
+        self._head.parsed = 0
 
     def on_url(self, url: bytes) -> None:
         self._grow(len(url))
@@ -120,13 +123,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._head_pending, self._head_bytes, self._tail = True, 0, b""  # keep-alive: the next head
+        head = self._head  # keep-alive: the next request's head
+        head.pending, head.bytes, head.tail = True, 0, b""
 
     def _grow(self, n: int) -> None:
         # Pipelined heads and a whole head in one read bypass the byte count above; this catches them.
-        self._parsed += n
-        if self._parsed > MAX_HEAD_BYTES:
+        self._head.parsed += n
+        if self._head.parsed > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("request head too large")
+
+
+class _HeadCount:
+    """How much of the current request's head a connection has seen."""
+
+    __slots__ = ("bytes", "parsed", "pending", "tail")
+
+    def __init__(self) -> None:
+        self.pending = True  # the head has not been seen to end yet
+        self.bytes = 0
+        self.tail = b""  # the last bytes of the previous read: a CRLFCRLF may straddle two reads
+        self.parsed = 0  # request line and headers delivered by the parser
 
 
 def _session_cookie(scope: Scope) -> str | None:

@@ -1,11 +1,11 @@
-"""Masked names for the board, and the board's pre-encoded SSE events (same bytes as sse_starlette)."""
+"""Masked names for the board, and the board's pre-encoded SSE events (read as an EventSource reads them)."""
 
 from __future__ import annotations
 
 import unicodedata
 
+import orjson
 import pytest
-from sse_starlette import ServerSentEvent
 
 from token_service.api.live import CallEntry, Snapshot, dumps, sse_bytes
 from token_service.masking import first_grapheme, mask_name
@@ -76,9 +76,19 @@ def _token(**over: object) -> Token:
     [{}, {"a": 1}, {"label": "A7", "name": "र**** कु****", "line": "x\ny\r\nz", "tab": "\t", "q": "\"'"}],
 )
 @pytest.mark.parametrize("ident", [None, 0, 1_795_000_000_123])
-def test_sse_bytes_match_sse_starlette(data: dict[str, object], ident: int | None) -> None:
-    reference = ServerSentEvent(data=dumps(data), event="update", id=None if ident is None else str(ident))
-    assert sse_bytes("update", data, ident) == reference.encode()
+def test_sse_bytes_read_back_as_one_event(data: dict[str, object], ident: int | None) -> None:
+    raw = sse_bytes("update", data, ident).decode()
+    # One event: field lines ended by CRLF, then a blank line; no other CR or LF anywhere (the event
+    # stream format splits lines on CRLF, CR and LF alike, so a stray one would cut the JSON).
+    assert raw.endswith("\r\n\r\n") and raw.count("\r\n\r\n") == 1
+    lines = raw[:-4].split("\r\n")
+    assert not any("\r" in line or "\n" in line for line in lines)
+    fields = dict(line.partition(": ")[::2] for line in lines)
+    expected = {"event": "update", "data": dumps(data)}
+    if ident is not None:
+        expected["id"] = str(ident)
+    assert fields == expected and len(lines) == len(expected)
+    assert orjson.loads(fields["data"]) == data
 
 
 def test_snapshot_encodes_once_per_filter_and_positions() -> None:

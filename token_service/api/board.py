@@ -21,11 +21,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from sqlalchemy import select
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import StreamingResponse
 
 from token_service.api import deps
 from token_service.api.live import (
     CALL_KINDS,
+    PING,
     LiveHub,
     Snapshot,
     hub_of,
@@ -119,6 +120,8 @@ def facility_info(cfg: FacilityConfig) -> dict[str, Any]:
 
 
 _OFFLINE = sse_bytes("offline", {})
+# A real event, not a comment: pages use it as a heartbeat to spot half-open connections.
+_PING = sse_bytes("ping", {})
 
 
 # ---- board
@@ -141,7 +144,7 @@ async def board_events(
     hip_id: HipId, request: Request, state: deps.StateDep,
     counters: Annotated[str | None, Query(max_length=400)] = None,
     department: Annotated[str | None, Query(max_length=200)] = None,
-) -> EventSourceResponse:  # fmt: skip
+) -> StreamingResponse:  # fmt: skip
     cfg, principal = await board_principal(request, state, hip_id)
     only = counter_filter(cfg, counters, department)
     hub = hub_of(state)
@@ -162,27 +165,27 @@ async def _fresh_snapshot(hub: LiveHub, hip_id: str) -> Snapshot | None:
             delay = min(delay * 2, 3.0)
 
 
-def _ping() -> ServerSentEvent:
-    # A real event, not a comment: pages use it as a heartbeat to spot half-open connections.
-    return ServerSentEvent(data="{}", event="ping")
-
-
-def _stream(content: AsyncIterator[bytes]) -> EventSourceResponse:
-    return EventSourceResponse(content, ping=PING_S, ping_message_factory=_ping, headers=_SSE_HEADERS)
+def _stream(content: AsyncIterator[bytes]) -> StreamingResponse:
+    """An SSE response of pre-encoded events. Starlette's streaming response ends the stream when the
+    client disconnects (the generator's cleanup then drops its listener) and adds nothing per event;
+    pings come from the listener, shutdown from `LiveHub.end_streams`."""
+    return StreamingResponse(content, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
 async def _board_stream(
     hub: LiveHub, hip_id: str, only: frozenset[str] | None, anonymous: bool = True
 ) -> AsyncIterator[bytes]:
     """Every item is bytes encoded once per worker and shared by all listeners with the same filter."""
-    async with hub.listen(hip_id, calls_only=True, counters=only) as listener:
+    async with hub.listen(hip_id, calls_only=True, counters=only, ping_s=PING_S) as listener:
         snap = await _fresh_snapshot(hub, hip_id)
         if snap is None:
             return
         yield snap.sse("snapshot", only)
         while True:
             msg = await listener.get()
-            if msg.kind == "event" and msg.token is not None and msg.event in CALL_KINDS:
+            if msg is PING:
+                yield _PING
+            elif msg.kind == "event" and msg.token is not None and msg.event in CALL_KINDS:
                 if only is None or msg.token.counter in only:
                     yield msg.call_sse(snap)
             elif msg.kind == "update" and msg.snapshot is not None:
@@ -333,7 +336,7 @@ async def token_status(public_id: PublicId, state: deps.StateDep) -> dict[str, A
 
 
 @router.get("/api/status/{public_id}/events")
-async def token_status_events(public_id: PublicId, state: deps.StateDep) -> EventSourceResponse:
+async def token_status_events(public_id: PublicId, state: deps.StateDep) -> StreamingResponse:
     token = await lookup_of(state).token(public_id)
     hub = hub_of(state)
     await hub.snapshot(token.hip_id)
@@ -341,7 +344,7 @@ async def token_status_events(public_id: PublicId, state: deps.StateDep) -> Even
 
 
 async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIterator[bytes]:
-    async with hub.listen(token.hip_id, token_id=token.id) as listener:
+    async with hub.listen(token.hip_id, token_id=token.id, ping_s=PING_S) as listener:
         snap = await _fresh_snapshot(hub, token.hip_id)
         if snap is None:
             return
@@ -349,6 +352,9 @@ async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIt
         yield last
         while True:
             msg = await listener.get()
+            if msg is PING:
+                yield _PING
+                continue
             if msg.kind == "event" and msg.token is not None and msg.token.id == token.id:
                 token = msg.token
             elif msg.kind == "update" and msg.snapshot is not None:

@@ -1,0 +1,129 @@
+"""Board and status SSE streams over a real uvicorn socket: headers, heartbeats, events, and a listener
+released as soon as its client goes away; and the listener mailbox each stream reads from."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.app import HIP, make_settings, seed
+from tests.support.load import login_headers
+from tests.support.servers import ServerThread
+from token_service.api import board as board_api
+from token_service.api.live import LISTENER_QUEUE, PING, Listener, Message, hub_of
+from token_service.app import create_app
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs as a browser's EventSource dispatches them."""
+    kind, data = "", ""
+    for line in lines:
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data = line[5:].strip()
+        elif line == "" and kind:
+            yield kind, data
+            kind, data = "", ""
+
+
+def _until(cond: object, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_streams_ping_carry_calls_and_release_their_listener(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(board_api, "PING_S", 0.3)
+    settings = make_settings(tmp_path, redis_url)
+    seed(settings)
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        hub = hub_of(app.state.opd)
+        clerk = login_headers(server.url, "clerk")
+        issued = [
+            httpx.post(
+                f"{server.url}/api/facilities/{HIP}/counters/OPD1/tokens", json={}, headers=clerk
+            ).json()
+            for _ in range(2)
+        ]
+        with (
+            httpx.Client(base_url=server.url, timeout=5) as http,
+            http.stream("GET", f"/api/facilities/{HIP}/board/events") as board,
+            http.stream("GET", f"/api/status/{issued[1]['public_id']}/events") as status,
+        ):
+            for resp in (board, status):
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                assert resp.headers["cache-control"] == "no-store"
+                assert resp.headers["x-accel-buffering"] == "no"
+            board_events, status_events = _events(board.iter_lines()), _events(status.iter_lines())
+            assert next(board_events)[0] == "snapshot"
+            assert next(status_events)[0] == "status"
+            _until(lambda: hub.listener_count == 2)
+            # Heartbeats every PING_S while nothing happens: the pages' 40 s silence watchdog relies on them.
+            started = time.monotonic()
+            # (An "update" may come first: the snapshot rebuilt after the two issues.)
+            kinds = [kind for kind, _ in _take_until(board_events, "ping")]
+            kinds += [kind for kind, _ in _take_until(board_events, "ping")]
+            assert kinds.count("ping") == 2 and set(kinds) <= {"ping", "update"}
+            assert 0.4 < time.monotonic() - started < 2.0
+            assert "ping" in [kind for kind, _ in _take_until(status_events, "ping")]
+            r = httpx.post(f"{server.url}/api/facilities/{HIP}/desks/D1/call-next", headers=clerk, timeout=5)
+            assert r.status_code == 200
+            kinds = [kind for kind, _ in _take_until(board_events, "call")]
+            assert kinds[-1] == "call" and set(kinds) <= {"ping", "update", "call"}
+            # The status page learns its patient moved up to the front of the line.
+            _take_until(status_events, "status", '"position":0')
+        # Both clients hung up: their listeners are gone at once, not at the next event or ping.
+        _until(lambda: hub.listener_count == 0, within=2.0)
+
+
+def _take_until(events: Iterator[tuple[str, str]], kind: str, text: str = "") -> list[tuple[str, str]]:
+    seen = []
+    for event in events:
+        seen.append(event)
+        if event[0] == kind and text in event[1]:
+            return seen
+        assert len(seen) < 50, seen
+    raise AssertionError(f"stream ended before {kind}")
+
+
+async def test_listener_mailbox_order_overflow_and_pings() -> None:
+    quiet = Listener(HIP)
+    first, second = Message("update"), Message("offline")
+    quiet.put(first)
+    quiet.put(second)
+    assert [await quiet.get(), await quiet.get()] == [first, second]  # arrival order
+    waiting = asyncio.create_task(quiet.get())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    quiet.put(first)
+    assert await asyncio.wait_for(waiting, 1) is first  # a put wakes the waiting reader
+    # A client that fell LISTENER_QUEUE messages behind gets one "resync" instead of its backlog.
+    for _ in range(LISTENER_QUEUE + 1):
+        quiet.put(first)
+    quiet.put(second)
+    assert (await quiet.get()).kind == "resync"
+    assert await quiet.get() is second  # what came after the reset is kept
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(quiet.get(), 0.05)  # nothing else, and no pings without ping_s
+
+    pinged = Listener(HIP, ping_s=0.1)
+    started = asyncio.get_running_loop().time()
+    assert await pinged.get() is PING
+    assert 0.09 < asyncio.get_running_loop().time() - started < 0.5
+    # Pings keep their cadence even while messages flow.
+    got = []
+    for _ in range(6):
+        pinged.put(first)
+        got.append(await pinged.get())
+        await asyncio.sleep(0.03)
+    assert PING in got and first in got
