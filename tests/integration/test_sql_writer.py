@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 
 from tests.support.app import make_settings
 from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
+from token_service.errors import Unavailable
 from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
@@ -112,6 +113,39 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
             assert events == 1
             assert audits == [("clerk", None)]
             assert attempts == [(id1, True, 202)]
+        finally:
+            await writer.close()
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_unit_fails_alone(tmp_path: Path, database_url: str, redis_url: str) -> None:
+    """A batch is one transaction (on PostgreSQL one pipeline, COMMIT included): a unit the database
+    refuses rolls its batch back, and its neighbours are written again one by one."""
+    settings = make_settings(tmp_path, redis_url, database_url)
+    db.migrate(settings)
+
+    async def scenario() -> None:
+        engine = db.async_engine(settings)
+        writer = SqlWriter(engine)
+        writer.start()
+        try:
+            orphan = {"on_share_id": 999_999, "at": datetime.now(UTC), "outbound_request_id": "out-x",
+                      "status_code": 202, "ok": True, "error": None, "duration_ms": 1}  # no such on-share
+            good_a, bad, good_b = await asyncio.gather(
+                writer.submit_rows(token_rows([_token(1)])),
+                writer.submit_rows([*token_rows([_token(2)]), (ATTEMPT_INSERT, orphan)]),
+                writer.submit_rows(token_rows([_token(3)])),
+                return_exceptions=True,
+            )  # fmt: skip
+            assert good_a == [None] and good_b == [None]
+            assert isinstance(bad, Unavailable)
+            # The writer goes on, and the refused unit left nothing behind (its token row included).
+            await writer.submit_rows(token_rows([_token(4)]))
+            async with engine.connect() as conn:
+                numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
+            assert numbers == [1, 3, 4]
         finally:
             await writer.close()
             await engine.dispose()
