@@ -131,8 +131,9 @@ def test_a_failing_unit_fails_alone(tmp_path: Path, database_url: str, redis_url
         writer = SqlWriter(engine)
         writer.start()
         try:
+            # An attempt for an on-share that does not exist: the database refuses it.
             orphan = {"on_share_id": 999_999, "at": datetime.now(UTC), "outbound_request_id": "out-x",
-                      "status_code": 202, "ok": True, "error": None, "duration_ms": 1}  # no such on-share
+                      "status_code": 202, "ok": True, "error": None, "duration_ms": 1}  # fmt: skip
             good_a, bad, good_b = await asyncio.gather(
                 writer.submit_rows(token_rows([_token(1)])),
                 writer.submit_rows([*token_rows([_token(2)]), (ATTEMPT_INSERT, orphan)]),
