@@ -4,6 +4,9 @@ released as soon as its client goes away; and the listener mailbox each stream r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.app import HIP, make_settings, seed
+from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.load import login_headers
 from tests.support.servers import ServerThread
 from token_service.api import board as board_api
@@ -127,3 +130,29 @@ async def test_listener_mailbox_order_overflow_and_pings() -> None:
         got.append(await pinged.get())
         await asyncio.sleep(0.03)
     assert PING in got and first in got
+
+
+def test_a_stopping_service_ends_its_open_streams(tmp_path: Path, redis_url: str) -> None:
+    """An SSE stream never ends by itself, and uvicorn waits for open connections before it stops: the
+    workers end their streams on SIGTERM (the pages reconnect to the next process)."""
+    settings = make_settings(tmp_path, redis_url)
+    seed(settings)
+    service = ServiceProc(settings, workers=2).start()
+    try:
+        with httpx.Client(base_url=service.url, timeout=10) as http, contextlib.ExitStack() as stack:
+            # Several, each on its own connection, so both workers most likely hold some.
+            streams = [
+                stack.enter_context(http.stream("GET", f"/api/facilities/{HIP}/board/events"))
+                for _ in range(4)
+            ]
+            events = [_events(stream.iter_lines()) for stream in streams]
+            assert [next(each)[0] for each in events] == ["snapshot"] * len(streams)
+            started = time.monotonic()
+            assert service.proc is not None
+            os.killpg(service.proc.pid, signal.SIGTERM)
+            for each in events:
+                list(each)  # each stream ends instead of waiting for the next event
+            service.proc.wait(10)
+            assert time.monotonic() - started < 5
+    finally:
+        service.stop()
