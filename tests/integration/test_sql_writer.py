@@ -8,15 +8,19 @@ psycopg, so these tests read the rows back and compare them with what was submit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.app import make_settings
 from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
+from token_service.config import Settings
 from token_service.errors import Unavailable
 from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
@@ -48,15 +52,25 @@ def _share_row(request_id: str, token_id: str, name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def running_writer(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, SqlWriter]]:
+    """A migrated database and a started writer on it, closed afterwards."""
+    db.migrate(settings)
+    engine = db.async_engine(settings)
+    writer = SqlWriter(engine)
+    writer.start()
+    try:
+        yield engine, writer
+    finally:
+        await writer.close()
+        await engine.dispose()
+
+
 def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: str) -> None:
     settings = make_settings(tmp_path, redis_url, database_url)
-    db.migrate(settings)
 
     async def scenario() -> None:
-        engine = db.async_engine(settings)
-        writer = SqlWriter(engine)
-        writer.start()
-        try:
+        async with running_writer(settings) as (engine, writer):
             # Three callers at once: their rows share one batch (the writer drains its queue per batch).
             patient = {"name": "रमेश कुमार", "year_of_birth": 1960}
             a, b, c = await asyncio.gather(
@@ -113,9 +127,6 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
             assert events == 1
             assert audits == [("clerk", None)]
             assert attempts == [(id1, True, 202)]
-        finally:
-            await writer.close()
-            await engine.dispose()
 
     asyncio.run(scenario())
 
@@ -124,13 +135,9 @@ def test_a_failing_unit_fails_alone(tmp_path: Path, database_url: str, redis_url
     """A batch is one transaction (on PostgreSQL one pipeline, COMMIT included): a unit the database
     refuses rolls its batch back, and its neighbours are written again one by one."""
     settings = make_settings(tmp_path, redis_url, database_url)
-    db.migrate(settings)
 
     async def scenario() -> None:
-        engine = db.async_engine(settings)
-        writer = SqlWriter(engine)
-        writer.start()
-        try:
+        async with running_writer(settings) as (engine, writer):
             # An attempt for an on-share that does not exist: the database refuses it.
             orphan = {"on_share_id": 999_999, "at": datetime.now(UTC), "outbound_request_id": "out-x",
                       "status_code": 202, "ok": True, "error": None, "duration_ms": 1}  # fmt: skip
@@ -147,9 +154,6 @@ def test_a_failing_unit_fails_alone(tmp_path: Path, database_url: str, redis_url
             async with engine.connect() as conn:
                 numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
             assert numbers == [1, 3, 4]
-        finally:
-            await writer.close()
-            await engine.dispose()
 
     asyncio.run(scenario())
 
@@ -190,14 +194,10 @@ def test_statements_compile_once(tmp_path: Path, postgres_database_url: str, red
     from token_service.records import writer as writer_module
 
     settings = make_settings(tmp_path, redis_url, postgres_database_url)
-    db.migrate(settings)
 
     async def scenario() -> list[int]:
-        engine = db.async_engine(settings)
-        writer = SqlWriter(engine)
-        writer.start()
         sizes = []
-        try:
+        async with running_writer(settings) as (_, writer):
             for n in range(1, 5):
                 t = _token(n)
                 (oid,) = await writer.submit_rows([(ONSHARE_UPSERT, _share_row(f"req-{n}", t.id, "n"))])
@@ -211,9 +211,6 @@ def test_statements_compile_once(tmp_path: Path, postgres_database_url: str, red
                     (ONSHARE_OUTCOME, {"oid": oid, "new_status": "sent", "inc": 1, "error": None, "sent": at}),
                 ])  # fmt: skip
                 sizes.append(len(writer_module._PG_COMPILED))
-        finally:
-            await writer.close()
-            await engine.dispose()
         return sizes
 
     sizes = asyncio.run(scenario())
