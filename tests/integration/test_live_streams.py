@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.load import login_headers
-from tests.support.servers import ServerThread
+from tests.support.servers import ServerThread, wait_for
 from token_service.api import board as board_api
 from token_service.api.live import LISTENER_QUEUE, PING, Listener, Message, hub_of
 from token_service.app import create_app
@@ -33,13 +33,6 @@ def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
         elif line == "" and kind:
             yield kind, data
             kind, data = "", ""
-
-
-def _until(cond: object, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_streams_ping_carry_calls_and_release_their_listener(
@@ -70,7 +63,7 @@ def test_streams_ping_carry_calls_and_release_their_listener(
             board_events, status_events = _events(board.iter_lines()), _events(status.iter_lines())
             assert next(board_events)[0] == "snapshot"
             assert next(status_events)[0] == "status"
-            _until(lambda: hub.listener_count == 2)
+            wait_for(lambda: hub.listener_count == 2, 5, "both streams' listeners")
             # Heartbeats every PING_S while nothing happens: the pages' 40 s silence watchdog relies on them.
             started = time.monotonic()
             # (An "update" may come first: the snapshot rebuilt after the two issues.)
@@ -86,7 +79,7 @@ def test_streams_ping_carry_calls_and_release_their_listener(
             # The status page learns its patient moved up to the front of the line.
             _take_until(status_events, "status", '"position":0')
         # Both clients hung up: their listeners are gone at once, not at the next event or ping.
-        _until(lambda: hub.listener_count == 0, within=2.0)
+        wait_for(lambda: hub.listener_count == 0, 2, "the listeners to be released")
 
 
 def _take_until(events: Iterator[tuple[str, str]], kind: str, text: str = "") -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pytest
 
 from printer.raster import decode_raster, join_vertical
 from tests.support.app import HIP, PASSWORD, Seed, ServiceProc, make_settings, seed
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_for
 
 
 @dataclass
@@ -129,16 +129,6 @@ class FifoPrinter:
                 self.jobs.append(b"".join(chunks))
                 chunks = []
             time.sleep(0.005)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Agent:

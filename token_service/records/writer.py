@@ -186,6 +186,12 @@ def psycopg_path(conn: AsyncConnection) -> bool:
     return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
 
 
+async def _psycopg(conn: AsyncConnection) -> Any:
+    """The psycopg connection under `conn` (on the `psycopg_path`)."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
 async def execute_many(
     conn: AsyncConnection, stmt: UpdateBase, rows: list[Row], *, returning: bool = False
 ) -> list[tuple[Any, ...]] | None:
@@ -205,10 +211,8 @@ async def execute_many(
             raise ValueError("execute_many(returning=True) needs PostgreSQL with psycopg")
         await conn.execute(stmt, rows)
         return None
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
     params = [fast.params(row) for row in rows]
-    async with driver.cursor() as cur:
+    async with (await _psycopg(conn)).cursor() as cur:
         await cur.executemany(fast.sql, params, returning=returning)
         if not returning:
             return None
@@ -231,8 +235,7 @@ async def _write(engine: AsyncEngine, batch: Sequence[_Unit]) -> list[list[Any]]
     async with engine.begin() as conn:
         if not psycopg_path(conn):
             return await _run_units(conn, batch)
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = await _psycopg(conn)
         async with driver.pipeline():
             results = await _run_units(conn, batch)
             # Leaving `begin()` then finds no transaction open and sends nothing more.
