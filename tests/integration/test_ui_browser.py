@@ -154,7 +154,11 @@ def test_walk_in_with_abha_card_profile_and_fhir_export(browser: Any, service: S
     console.click("#walkin-qr")
     console.keyboard.insert_text(json.dumps(CARD))
     console.keyboard.press("Enter")  # what a hand scanner sends after the QR text
-    console.wait_for_function("() => window.consoleState.waiting.length === 1")
+    # The line may first refresh on the live event, before the shared profile is committed beside the
+    # token (the event goes out from Redis first); the walk-in's own refresh then brings the profile.
+    console.wait_for_function(
+        "() => window.consoleState.waiting.length === 1 && window.consoleState.waiting[0].patient"
+    )
     row = console.inner_text("#waiting-rows tr")
     assert "Ramesh Kumar Verma" in row and "ramesh.k1979@abdm" in row and "ABHA card" in row
     console.keyboard.press("Escape")  # out of the scan field: the shortcuts work again
