@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.app import make_settings
@@ -158,6 +159,42 @@ def test_a_failing_unit_fails_alone(tmp_path: Path, database_url: str, redis_url
     asyncio.run(scenario())
 
 
+def test_batches_share_one_connection_until_it_breaks(
+    tmp_path: Path, postgres_database_url: str, redis_url: str
+) -> None:
+    """The batch loop keeps its connection between batches (no pool checkout and pre-ping per batch);
+    when the server ends that connection, the batch in flight is written again on a new one and its
+    caller never sees the failure."""
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            pids: list[int] = []
+            checkouts: list[object] = []
+            event.listen(engine.sync_engine, "checkout", lambda *args: checkouts.append(args[0]))
+
+            async def backend(conn: Any) -> None:
+                pids.append((await conn.get_raw_connection()).driver_connection.info.backend_pid)
+
+            for n in (1, 2, 3):
+                await writer.submit(backend)
+                await writer.submit_rows(token_rows([_token(n)]))
+            assert len(set(pids)) == 1, pids
+            assert len(checkouts) == 1  # six batches, one connection
+            async with engine.connect() as admin:
+                await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+            assert await writer.submit_rows(token_rows([_token(4)])) == [None]
+            await writer.submit(backend)
+            await writer.submit(backend)
+            assert pids[-1] == pids[-2] != pids[0]
+            assert len(checkouts) == 3  # and then this test's own, and the writer's replacement
+            async with engine.connect() as conn:
+                numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
+            assert numbers == [1, 2, 3, 4]
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("op", [TOKEN_UPSERT, EVENT_INSERT, AUDIT_INSERT, ONSHARE_UPSERT, ATTEMPT_INSERT,
                                 ONSHARE_OUTCOME], ids=lambda op: op.name)  # fmt: skip
 def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
@@ -171,8 +208,8 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
     dialect = PGDialectAsync_psycopg()
     t = _token(1)
     stmt, row = {
-        "token upsert": (tokens._statement("postgresql", "token"), token_rows([t])[0][1]),
-        "event insert": (tokens._statement("postgresql", "event"), event_row(HIP, "1-1", "called", 0, "D1", t)),
+        "token upsert": (tokens._statement("json", "token"), {"rows": [token_rows([t])[0][1]]}),
+        "event insert": (tokens._statement("json", "event"), {"rows": [event_row(HIP, "1-1", "called", 0, "D1", t)]}),
         "audit insert": (AUDIT.insert(), {"at": datetime.now(UTC), "actor": "a", "action": "x", "hip_id": HIP,
                                            "target": "t", "detail": None}),
         "on-share upsert": (outbox._upsert_statement("postgresql", returning=True), _share_row("r", t.id, "n")),
@@ -187,6 +224,35 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
     assert "%(" in fast.sql and {name for name, _ in fast.binds} <= set(row)
     if op is ONSHARE_UPSERT:  # a re-armed row is pending again: the statement's own value, not the row's
         assert "pending" in fast.constants.values()
+
+
+def test_json_rows_carry_every_column() -> None:
+    """On PostgreSQL token and history rows go as one JSON array read by `jsonb_to_recordset`, which
+    reads a missing or misspelt key as NULL without a word: the record's columns must be exactly the
+    rows' keys."""
+    from token_service.records import tokens
+
+    t = _token(1, status=Status.CALLED, desk="D1")
+    assert set(tokens._TOKEN_COLUMNS) == set(token_rows([t])[0][1])
+    assert set(tokens._EVENT_COLUMNS) == set(event_row(HIP, "1-1", "called", 0, "D1", t))
+
+
+def test_a_value_too_long_is_refused_not_cut(
+    tmp_path: Path, postgres_database_url: str, redis_url: str
+) -> None:
+    """The JSON rows are read as unsized text, so the table's own column sizes still refuse a value too
+    long (a sized record type would cut it silently)."""
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            long = dataclasses.replace(_token(1), label="A" * 40)  # the column holds 32
+            with pytest.raises(Unavailable):
+                await writer.submit_rows(token_rows([long]))
+            async with engine.connect() as conn:
+                assert (await conn.execute(select(TOKEN))).first() is None
+
+    asyncio.run(scenario())
 
 
 def test_statements_compile_once(tmp_path: Path, postgres_database_url: str, redis_url: str) -> None:

@@ -14,7 +14,14 @@ from token_service.clock import from_ms
 from token_service.models import TokenEvent, TokenRecord
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records.writer import Row, RowOp, execute_many
+from token_service.records.writer import (
+    Row,
+    RowOp,
+    execute_json_rows,
+    execute_many,
+    json_rows_insert,
+    psycopg_path,
+)
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -65,29 +72,45 @@ def token_row(t: Token) -> dict[str, Any]:
 
 
 _STATEMENTS: dict[tuple[str, str], Any] = {}
+# What `token_row` and `event_row` hold (the patient snapshot is attached on its own; ids are serial).
+_TOKEN_COLUMNS = tuple(c.name for c in TOKEN.columns if c.name != "patient")
+_EVENT_COLUMNS = tuple(c.name for c in EVENT.columns if c.name != "id")
 
 
-def _statement(dialect: str, kind: str) -> Any:
-    """Upsert/insert statements built once per dialect and executed with parameter lists.
+def _statement(flavour: str, kind: str) -> Any:
+    """The token upsert (`kind` "token") or history insert ("event"), built once per flavour: "json" for
+    PostgreSQL through psycopg (a batch's rows as one JSON parameter, see `execute_json_rows`), else the
+    dialect's name, for a parameter list.
 
     Building `insert().values([...]).on_conflict_do_update(...)` per call recompiled the statement and
     re-created the `excluded` alias of the 25-column table every time: most of the write-through's CPU.
     """
-    key = (dialect, kind)
+    key = (flavour, kind)
     stmt = _STATEMENTS.get(key)
     if stmt is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        table = TOKEN if kind == "token" else EVENT
+        ins: Any
+        if flavour == "json":
+            ins = json_rows_insert(table, _TOKEN_COLUMNS if kind == "token" else _EVENT_COLUMNS)
+        else:
+            ins = (postgresql.insert if flavour == "postgresql" else sqlite.insert)(table)
         if kind == "token":
-            ins = insert(TOKEN)
             stmt = ins.on_conflict_do_update(
                 index_elements=["id"],
                 set_={c: ins.excluded[c] for c in _MUTABLE},
                 where=TOKEN.c.version < ins.excluded.version,
             )
         else:
-            stmt = insert(EVENT).on_conflict_do_nothing(index_elements=["hip_id", "stream_id"])
+            stmt = ins.on_conflict_do_nothing(index_elements=["hip_id", "stream_id"])
         _STATEMENTS[key] = stmt
     return stmt
+
+
+async def _execute(conn: AsyncConnection, kind: str, rows: list[Row]) -> None:
+    if psycopg_path(conn):
+        await execute_json_rows(conn, _statement("json", kind), rows)
+    else:
+        await execute_many(conn, _statement(conn.dialect.name, kind), rows)
 
 
 def _newest_rows(rows: Sequence[Row]) -> list[Row]:
@@ -103,7 +126,7 @@ def _newest_rows(rows: Sequence[Row]) -> list[Row]:
 
 async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """The newest known state of each token; an older version never overwrites a newer one."""
-    await execute_many(conn, _statement(conn.dialect.name, "token"), _newest_rows(rows))
+    await _execute(conn, "token", _newest_rows(rows))
 
 
 _ATTACH = (
@@ -120,7 +143,7 @@ async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
 
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
-    await execute_many(conn, _statement(conn.dialect.name, "event"), rows)
+    await _execute(conn, "event", rows)
 
 
 # Operations for the SQL writer's batches: a token's state, its shared profile, its history.

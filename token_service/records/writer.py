@@ -16,14 +16,19 @@ Two kinds of unit share a batch:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import String, Table, bindparam, column, func, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from token_service.errors import Unavailable
 
@@ -62,6 +67,10 @@ class SqlWriter:
         self.engine = engine
         self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # The batch loop's own connection, kept between batches: checking one out of the pool per batch
+        # (with its pre-ping round trip) cost more CPU than a small batch's statements. Any failure drops
+        # it, and the next batch connects again.
+        self._conn: AsyncConnection | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sql-writer")
@@ -77,6 +86,28 @@ class SqlWriter:
             unit = self._queue.get_nowait()
             if not unit.fut.done():
                 unit.fut.set_exception(Unavailable("the service is shutting down"))
+        await self._drop_connection()
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = await self.engine.connect()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Forget the held connection after a failure (it may be broken or mid-transaction)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _write_held(self, batch: Sequence[_Unit]) -> list[list[Any]]:
+        try:
+            return await _write(await self._connection(), batch)
+        except BaseException:
+            await asyncio.shield(self._drop_connection())
+            raise
 
     async def submit(self, work: Work) -> None:
         """Run `work` inside a shared transaction and return once it is committed."""
@@ -94,8 +125,9 @@ class SqlWriter:
         return asyncio.get_running_loop().create_future()
 
     async def _submit(self, unit: _Unit) -> list[Any]:
-        if self._task is None:  # not started (CLI tools, tests): write at once
-            (result,) = await _write(self.engine, [unit])
+        if self._task is None:  # not started (CLI tools, tests): write at once, on a pooled connection
+            async with self.engine.connect() as conn:
+                (result,) = await _write(conn, [unit])
             return result
         await self._queue.put(unit)
         return await unit.fut
@@ -106,7 +138,7 @@ class SqlWriter:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await _write(self.engine, batch)
+                results = await self._write_held(batch)
                 for unit, result in zip(batch, results, strict=True):
                     if not unit.fut.done():
                         unit.fut.set_result(result)
@@ -124,7 +156,7 @@ class SqlWriter:
     async def _one_by_one(self, batch: list[_Unit]) -> None:
         for unit in batch:
             try:
-                (result,) = await _write(self.engine, [unit])
+                (result,) = await self._write_held([unit])
                 if not unit.fut.done():
                     unit.fut.set_result(result)
             except Exception as exc:
@@ -223,8 +255,43 @@ async def execute_many(
                 return out
 
 
-async def _write(engine: AsyncEngine, batch: Sequence[_Unit]) -> list[list[Any]]:
-    """Run one batch in a transaction of its own and commit it; per unit, the results of its rows.
+JSON_ROWS = "rows"
+
+
+def json_rows_insert(table: Table, names: Sequence[str]) -> postgresql.Insert:
+    """PostgreSQL: ``INSERT INTO table (names) SELECT ... FROM jsonb_to_recordset(:rows)``, for
+    `execute_json_rows`. Strings are read unsized, so a value too long for its column fails the insert
+    as it would in a VALUES list instead of being cut to size by the record's type."""
+    cols = [column(n, _unsized(table.c[n].type)) for n in names]
+    rows = func.jsonb_to_recordset(bindparam(JSON_ROWS, type_=JSONB)).table_valued(*cols)
+    src = rows.render_derived(name="r", with_types=True)
+    chosen = select(*(src.c[n] for n in names))
+    return postgresql.insert(table).from_select(list(names), chosen, include_defaults=False)
+
+
+def _unsized(type_: TypeEngine[Any]) -> TypeEngine[Any]:
+    impl = type_.impl_instance if isinstance(type_, TypeDecorator) else type_  # SQLModel's AutoString
+    return String() if isinstance(impl, String) else type_
+
+
+async def execute_json_rows(conn: AsyncConnection, stmt: Insert, rows: list[Row]) -> None:
+    """Run `stmt` (built on `json_rows_insert`) once with every row in one JSON array (PostgreSQL).
+
+    One statement and one parameter per batch: psycopg's executemany adapts every parameter of every
+    row and sends a statement per row, which cost more of a worker's CPU than the database's work. The
+    rows must be JSON-ready (str, int, float, None, date and aware datetime; orjson writes them).
+    """
+    if not rows:
+        return
+    fast = _pg_statement(stmt, conn.dialect, (JSON_ROWS,))
+    assert fast is not None, "a json_rows_insert statement compiles to plain SQL"
+    async with (await _psycopg(conn)).cursor() as cur:
+        await cur.execute(fast.sql, fast.params({JSON_ROWS: rows}))
+
+
+async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any]]:
+    """Run one batch on `conn` in a transaction of its own and commit it; per unit, the results of its
+    rows.
 
     On PostgreSQL the whole batch, COMMIT included, goes out as one psycopg pipeline: its statements
     reach the server together and their results come back together, one round trip for the lot (plus
@@ -232,7 +299,7 @@ async def _write(engine: AsyncEngine, batch: Sequence[_Unit]) -> list[list[Any]]
     waits for the server process to be scheduled; on a busy box those waits, not the work, were most
     of a transaction's time.
     """
-    async with engine.begin() as conn:
+    async with conn.begin():
         if not psycopg_path(conn):
             return await _run_units(conn, batch)
         driver = await _psycopg(conn)
