@@ -13,13 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.support.app import HIP, ServiceProc, make_settings, seed
 from tests.support.load import login_headers
 from tests.support.servers import ServerThread, wait_for
 from token_service.api import board as board_api
+from token_service.api import live
 from token_service.api.live import LISTENER_QUEUE, PING, Listener, Message, hub_of
 from token_service.app import create_app
+from token_service.queue import keys
 
 
 def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
@@ -80,6 +83,52 @@ def test_streams_ping_carry_calls_and_release_their_listener(
             _take_until(status_events, "status", '"position":0')
         # Both clients hung up: their listeners are gone at once, not at the next event or ping.
         wait_for(lambda: hub.listener_count == 0, 2, "the listeners to be released")
+
+
+def test_a_worker_reads_only_the_events_of_facilities_it_serves(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No board or status page asked for: the worker is not subscribed and reads none of the events its
+    own issues publish. The first snapshot subscribes (the board then follows calls); the subscription
+    stays while a stream is open, and goes with what was kept of the facility once nobody has listened
+    or asked for `WATCH_IDLE_S`."""
+    monkeypatch.setattr(live, "WATCH_IDLE_S", 1.0)
+    settings = make_settings(tmp_path, redis_url)
+    seed(settings)
+    app = create_app(settings)
+    channel = keys.live_channel(HIP)
+    with ServerThread(app) as server, redis.Redis.from_url(redis_url) as r:
+        hub = hub_of(app.state.opd)
+        clerk = login_headers(server.url, "clerk")
+        issue = f"{server.url}/api/facilities/{HIP}/counters/OPD1/tokens"
+        wait_for(lambda: hub.online, 5, "the hub's subscription connection")
+        for _ in range(3):
+            assert httpx.post(issue, json={}, headers=clerk).status_code == 201
+
+        def subscribers() -> int:
+            return int(r.pubsub_numsub(channel)[0][1])
+
+        assert subscribers() == 0 and hub.watched == [] and hub.events_seen == 0
+
+        board = httpx.get(f"{server.url}/api/facilities/{HIP}/board").json()
+        assert board["waiting"]["OPD1"] == 3
+        assert subscribers() == 1 and hub.watched == [HIP]
+        with (
+            httpx.Client(base_url=server.url, timeout=5) as http,
+            http.stream("GET", f"/api/facilities/{HIP}/board/events") as stream,
+        ):
+            events = _events(stream.iter_lines())
+            assert next(events)[0] == "snapshot"
+            r2 = httpx.post(f"{server.url}/api/facilities/{HIP}/desks/D1/call-next", headers=clerk, timeout=5)
+            assert r2.status_code == 200
+            assert _take_until(events, "call", '"label":"A1"')
+            time.sleep(2.0)  # twice WATCH_IDLE_S: an open stream keeps its facility subscribed
+            assert subscribers() == 1 and hub.watched == [HIP]
+            assert httpx.post(issue, json={}, headers=clerk).status_code == 201
+            wait_for(lambda: hub.snapshot_of(HIP) is not None and hub.snapshot_of(HIP).waiting["OPD1"] == 3,
+                     5, "the kept snapshot to follow the events")  # fmt: skip
+        wait_for(lambda: subscribers() == 0, 5, "the idle facility's unsubscribe")
+        assert hub.watched == [] and hub.snapshot_of(HIP) is None and HIP not in hub.recent
 
 
 def _take_until(events: Iterator[tuple[str, str]], kind: str, text: str = "") -> list[tuple[str, str]]:

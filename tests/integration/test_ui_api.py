@@ -18,6 +18,7 @@ from tests.support.servers import RedisProc
 from token_service.api.board import median_gap
 from token_service.api.live import Message, hub_of
 from token_service.clock import FakeClock
+from token_service.queue import keys
 
 CARD = {"hidn": "91-1234-5678-9012", "hid": "ramesh.k1979@abdm", "name": "Ramesh Kumar Verma", "gender": "F",
         "dob": "14/8/1979", "state name": "BIHAR", "district_name": "PATNA", "mobile": "9876543210",
@@ -170,10 +171,12 @@ async def test_one_subscription_fans_out_to_many_listeners(tmp_path: Path, redis
         h = await login(client, "clerk")
         await client.post(f"/api/facilities/{HIP}/counters/OPD1/tokens", json={}, headers=h)
         r = aioredis.Redis.from_url(redis_url)
-        patterns, clients = await r.execute_command("PUBSUB", "NUMPAT"), len(await r.client_list())
+        clients = len(await r.client_list())
+        channel = keys.live_channel(HIP)
         async with contextlib.AsyncExitStack() as stack:
             # What 2,000 open boards cost this worker: 2,000 in-process queues, still one subscription.
             listeners = [await stack.enter_async_context(hub.listen(HIP)) for _ in range(2000)]
+            assert await r.pubsub_numsub(channel) == [(channel.encode(), 1)]
             t0 = time.perf_counter()
             await client.post(f"/api/facilities/{HIP}/desks/D1/call-next", headers=h)
             got = await asyncio.gather(*(_next_event(q, "called") for q in listeners))
@@ -181,7 +184,7 @@ async def test_one_subscription_fans_out_to_many_listeners(tmp_path: Path, redis
             assert all(m.token is not None and m.token.label == "A1" for m in got)
             updates = await asyncio.gather(*(_next_kind(q, "update") for q in listeners))
             assert len({id(m.snapshot) for m in updates}) == 1  # one snapshot shared by everyone
-            assert await r.execute_command("PUBSUB", "NUMPAT") == patterns
+            assert await r.pubsub_numsub(channel) == [(channel.encode(), 1)]
             assert len(await r.client_list()) <= clients + 1
         await r.aclose()
         print(f"\n2000 listeners got the call {fan_ms:.1f} ms after the request started")

@@ -1,8 +1,10 @@
 """Live fan-out: one Redis pub/sub connection per worker, shared by in-process listeners; board snapshots.
 
-Every queue change is published by the Lua scripts on ``opd:{hip}:live``. A worker pattern-subscribes once
-and hands each parsed event to the mailboxes of its listeners (SSE clients of boards, consoles and
-status pages), so a thousand open boards cost a thousand small mailboxes, not a thousand Redis connections.
+Every queue change is published by the Lua scripts on ``opd:{hip}:live``. A worker subscribes to the
+channels of the facilities it serves a board, console or status page for (the first snapshot asked for
+subscribes; a facility nobody asked about for `WATCH_IDLE_S` is dropped), and hands each parsed event to
+the mailboxes of its listeners, so a thousand open boards cost a thousand small mailboxes, not a thousand
+Redis connections, and a worker that only issues tokens reads no events at all.
 After an event, the facility's snapshot (now serving per desk, recent calls, waiting lines) is rebuilt
 once — coalesced over a short window — and shared by every listener. If Redis goes away the hub backs off
 and re-subscribes; listeners are told to go offline and, once back, to resync from a fresh snapshot
@@ -12,9 +14,10 @@ Encoding happens once per worker, not once per listener: a snapshot memoises its
 bytes per counter filter, its waiting positions as one id -> index map, and status bodies per token
 version; a call event memoises its SSE bytes per snapshot. Every listener then writes the same bytes.
 
-An admin's facility change is announced on the same channel (`CONFIG_NOTICE`): every worker drops its
-cached facility config, rebuilds the board snapshot (masked names on or off) and tells its listeners, so
-boards follow the setting at once instead of after the directory's cache lifetime.
+An admin's facility change is announced on one channel for all facilities (`keys.config_channel()`, the
+facility id as the message), to which every worker subscribes: it drops its cached facility config,
+rebuilds the board snapshot (masked names on or off) and tells its listeners, so boards follow the
+setting at once instead of after the directory's cache lifetime.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -49,14 +53,14 @@ from token_service.state import AppState
 from token_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-PATTERN = keys.live_channel("*")
+CONFIG_CHANNEL = keys.config_channel()
+WATCH_IDLE_S = 120.0  # a facility with no listener and no snapshot asked for this long is unsubscribed
+WATCH_WAIT_S = 2.0  # how long a snapshot waits for Redis to confirm a new subscription
 LISTENER_QUEUE = 256  # a client this far behind gets one "resync" instead of the backlog
 COALESCE_S = 0.08  # a burst of events (call-next = complete + call) rebuilds the snapshot once
 RECENT_KEEP = 40
 RECENT_SHOWN = 10
 CALL_KINDS = frozenset({"called", "recalled"})
-# Published on a facility's live channel after an admin change; not a queue event (no "t" field).
-CONFIG_NOTICE = b'{"k":"config"}'
 NAMES_KEEP = 20_000  # masked names cached per worker (token id -> masked name)
 NAME_RETRY_S = 30.0  # a token without a name is looked up again after this long
 
@@ -259,10 +263,17 @@ class LiveHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._build_locks: dict[str, asyncio.Lock] = {}
         self._names: dict[str, tuple[str, float]] = {}  # token id -> (masked name, looked up at)
+        # Subscriptions: the connection while it is up; per watched facility when it was last asked
+        # for, and a future done once Redis confirmed its subscription (renewed on every reconnect).
+        self._pubsub: PubSub | None = None
+        self._watched: dict[str, float] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._sub_lock = asyncio.Lock()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._subscribe_loop(), name="live-subscribe"),
-                       asyncio.create_task(self._refresh_loop(), name="live-refresh")]  # fmt: skip
+                       asyncio.create_task(self._refresh_loop(), name="live-refresh"),
+                       asyncio.create_task(self._unwatch_loop(), name="live-unwatch")]  # fmt: skip
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -278,7 +289,8 @@ class LiveHub:
         self, hip_id: str, *, calls_only: bool = False, counters: frozenset[str] | None = None,
         token_id: str | None = None, ping_s: float | None = None,
     ) -> AsyncIterator[Listener]:  # fmt: skip
-        """A listener of a facility's changes; the keywords narrow which queue events wake it."""
+        """A listener of a facility's changes; the keywords narrow which queue events wake it. Listening
+        subscribes this worker to the facility's events (once)."""
         listener = Listener(
             hip_id, calls_only=calls_only, counters=counters, token_id=token_id, ping_s=ping_s
         )
@@ -286,6 +298,7 @@ class LiveHub:
             listener.put(Message("closed"))
         self.listeners.setdefault(hip_id, set()).add(listener)
         try:
+            await self._watch(hip_id)
             yield listener
         finally:
             group = self.listeners.get(hip_id)
@@ -298,22 +311,28 @@ class LiveHub:
     def listener_count(self) -> int:
         return sum(len(g) for g in self.listeners.values())
 
-    # ---- the one subscription
+    # ---- the one subscription connection
 
     async def _subscribe_loop(self) -> None:
         delay = 0.1
         while True:
-            pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.state.redis.pubsub()
             try:
-                await pubsub.psubscribe(PATTERN)
+                async with self._sub_lock:
+                    for hip_id, fut in list(self._confirmed.items()):
+                        if fut.done():  # confirmed on the last connection: wait for this one's answer
+                            self._confirmed[hip_id] = asyncio.get_running_loop().create_future()
+                    await pubsub.subscribe(CONFIG_CHANNEL, *map(keys.live_channel, self._watched))
+                    self._pubsub = pubsub
                 if not self.online:
                     self._back_online()
                 delay = 0.1
                 while True:
                     msg = await pubsub.get_message(timeout=5.0)
-                    if msg is not None and msg.get("type") == "pmessage":
-                        self._on_message(str(msg["channel"]), msg["data"])
+                    if msg is not None:
+                        self._dispatch(msg)
             except asyncio.CancelledError:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
@@ -325,10 +344,84 @@ class LiveHub:
             except Exception:
                 log.exception("live events: unexpected error; resubscribing")
                 self.online = False
+            self._pubsub = None
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 3.0)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        channel = _text(msg["channel"])
+        if msg["type"] == "message":
+            if channel == CONFIG_CHANNEL:
+                self._on_config(_text(msg["data"]))
+            else:
+                self._on_message(channel, msg["data"])
+        elif msg["type"] == "subscribe" and channel != CONFIG_CHANNEL:
+            confirmed = self._confirmed.get(_hip_of(channel))
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+
+    async def _watch(self, hip_id: str) -> bool:
+        """Subscribe to a facility's events if not yet done, and wait until Redis has confirmed it. False
+        when the hub is offline or Redis did not confirm in time: then nothing built for that facility
+        may be kept, since events may be missed."""
+        self._watched[hip_id] = time.monotonic()
+        fut = self._confirmed.get(hip_id)
+        if fut is None:
+            async with self._sub_lock:
+                fut = self._confirmed.get(hip_id)
+                if fut is None:
+                    fut = self._confirmed[hip_id] = asyncio.get_running_loop().create_future()
+                    self._watched[hip_id] = time.monotonic()
+                    await self._subscribe(hip_id)
+        if fut.done():
+            return True
+        if self._pubsub is None:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), WATCH_WAIT_S)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _subscribe(self, hip_id: str) -> None:
+        if self._pubsub is None:
+            return  # the loop subscribes to every watched facility once it reconnects
+        try:
+            await self._pubsub.subscribe(keys.live_channel(hip_id))
+        except (RedisError, OSError) as exc:
+            log.warning("live events: could not subscribe to %s: %s", hip_id, exc)
+
+    async def _unwatch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_IDLE_S / 4)
+            await self.unwatch_idle(time.monotonic() - WATCH_IDLE_S)
+
+    async def unwatch_idle(self, before: float) -> list[str]:
+        """Unsubscribe from facilities nobody listens to and nobody asked about since `before`
+        (monotonic), forgetting what was kept of them; returns their ids."""
+        async with self._sub_lock:
+            idle = [h for h, at in self._watched.items() if at < before and not self.listeners.get(h)]
+            for hip_id in idle:
+                del self._watched[hip_id]
+                self._confirmed.pop(hip_id, None)
+                self.snapshots.pop(hip_id, None)
+                self.recent.pop(hip_id, None)
+            if idle and self._pubsub is not None:
+                try:
+                    await self._pubsub.unsubscribe(*map(keys.live_channel, idle))
+                except (RedisError, OSError) as exc:  # a reconnect subscribes to the watched ones only
+                    log.warning("live events: could not unsubscribe: %s", exc)
+        return idle
+
+    @property
+    def watched(self) -> list[str]:
+        return list(self._watched)
+
+    def snapshot_of(self, hip_id: str) -> Snapshot | None:
+        """The snapshot kept for a facility, if any (no build, no subscription)."""
+        return self.snapshots.get(hip_id)
 
     def _back_online(self) -> None:
         self.online = True
@@ -338,10 +431,7 @@ class LiveHub:
         self._broadcast_all(Message("resync"))
 
     def _on_message(self, channel: str, data: Any) -> None:
-        hip_id = channel[channel.find("{") + 1 : channel.rfind("}")]
-        if data == CONFIG_NOTICE or data == CONFIG_NOTICE.decode():
-            self._on_config(hip_id)
-            return
+        hip_id = _hip_of(channel)
         self._dirty.add(hip_id)
         self._wake.set()
         if hip_id not in self.listeners and hip_id not in self.recent:
@@ -400,7 +490,9 @@ class LiveHub:
                     listener.put(msg)
 
     async def snapshot(self, hip_id: str) -> Snapshot:
-        """The cached snapshot, or a fresh one (one build at a time per facility, shared by all waiters)."""
+        """The cached snapshot, or a fresh one (one build at a time per facility, shared by all waiters).
+        Asking subscribes this worker to the facility's events; only then is a snapshot kept."""
+        subscribed = await self._watch(hip_id)
         cached = self.snapshots.get(hip_id)
         if cached is not None:
             return cached
@@ -409,12 +501,12 @@ class LiveHub:
             cached = self.snapshots.get(hip_id)
             if cached is not None:
                 return cached
-            snap = await self._build(hip_id)
-            if hip_id not in self._dirty:
+            snap = await self._build(hip_id, keep=subscribed)
+            if subscribed and hip_id not in self._dirty:
                 self.snapshots[hip_id] = snap
             return snap
 
-    async def _build(self, hip_id: str) -> Snapshot:
+    async def _build(self, hip_id: str, keep: bool = True) -> Snapshot:
         cfg = await self.state.directory.get(hip_id)
         counters = [c.code for c in cfg.counters.values() if c.active]
         desks = [d for d in cfg.desks.values() if d.active]
@@ -431,10 +523,13 @@ class LiveHub:
         for i, c in enumerate(counters):
             lines[c] = [*rows[len(desks) + 2 * i], *rows[len(desks) + 2 * i + 1]]
         current = {t.id: t for t in await self.state.queue.get_many(hip_id, [i for i in current_ids if i])}
-        if hip_id not in self.recent:
-            self.recent[hip_id] = await self._seed_recent(hip_id, cfg.facility.timezone)
+        seen = self.recent.get(hip_id)
+        if seen is None:
+            seen = await self._seed_recent(hip_id, cfg.facility.timezone)
+            if keep:  # kept only while subscribed: the facility's call events extend it
+                self.recent[hip_id] = seen
         desk_names = {d.code: d.name for d in desks}
-        recent = list(self.recent[hip_id])[:RECENT_KEEP]
+        recent = list(seen)[:RECENT_KEEP]
         names: dict[str, str] = {}
         if cfg.facility.board_names:
             names = await self._masked_names([*current, *(c.token_id for c in recent)])
@@ -497,6 +592,15 @@ class LiveHub:
         return deque(entries, maxlen=RECENT_KEEP)
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _hip_of(channel: str) -> str:
+    """The facility of ``opd:{hip}:live``."""
+    return channel[channel.find("{") + 1 : channel.rfind("}")]
+
+
 def to_ms(value: datetime) -> int:
     if value.tzinfo is None:  # SQLite hands back naive UTC
         value = value.replace(tzinfo=UTC)
@@ -522,7 +626,7 @@ async def announce_config(state: AppState, hip_id: str) -> None:
     (through Redis). Best effort: without Redis the directory's short cache lifetime still carries it."""
     state.directory.invalidate(hip_id)
     try:
-        await state.redis.publish(keys.live_channel(hip_id), CONFIG_NOTICE)
+        await state.redis.publish(CONFIG_CHANNEL, hip_id)
     except (RedisError, OSError) as exc:
         log.warning("live events: could not announce the settings change of %s: %s", hip_id, exc)
 

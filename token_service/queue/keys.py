@@ -37,6 +37,12 @@ def live_channel(hip_id: str) -> str:
     return facility_prefix(hip_id) + "live"
 
 
+def config_channel() -> str:
+    """Pub/sub channel on which an admin's facility change is announced to every worker (the message is
+    the facility id). Not facility-tagged: a worker listens for every facility it may have cached."""
+    return f"{ROOT}:config"
+
+
 def token_key(hip_id: str, token_id: str) -> str:
     return facility_prefix(hip_id) + "t:" + token_id
 
