@@ -27,9 +27,11 @@ from typing import Any, cast
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 log = logging.getLogger("token_service.redis")
 
@@ -136,6 +138,9 @@ def _expire_read(conn: AbstractConnection) -> None:
             expire(0)
 
 
+_HIREDIS_PACKER = HiredisRespSerializer()
+
+
 def guarded_class(base: type[AbstractConnection], breaker: RedisBreaker) -> type[AbstractConnection]:
     """`base` (TCP, unix socket or TLS connection) with the breaker in front of connect, send and read."""
     if getattr(base, "_opd_breaker", None) is breaker:
@@ -144,6 +149,12 @@ def guarded_class(base: type[AbstractConnection], breaker: RedisBreaker) -> type
 
     class Guarded(parent):  # type: ignore[misc]
         _opd_breaker = breaker
+
+        if HIREDIS_AVAILABLE:
+            # redis-py's asyncio connections encode commands in Python (its sync ones use hiredis): the
+            # same bytes from hiredis' C encoder, ~6 % of a worker's CPU under share load.
+            def pack_command(self, *args: Any) -> list[bytes]:
+                return cast(list[bytes], _HIREDIS_PACKER.pack(*args))
 
         async def connect(self) -> None:
             if not self.is_connected:

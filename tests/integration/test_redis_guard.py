@@ -114,3 +114,22 @@ async def test_breaker_on_a_hung_cluster_node(cluster: RedisClusterProc) -> None
     finally:
         await breaker.aclose()
         await client.aclose()
+
+
+async def test_commands_are_encoded_as_redis_py_encodes_them(redis_url: str) -> None:
+    """Guarded connections encode commands with hiredis' C encoder: byte for byte what redis-py's own
+    asyncio encoder sends, Devanagari, numbers and binary included, and they still round-trip."""
+    from redis.asyncio.connection import Connection
+
+    client, _ = guarded(redis_url)
+    try:
+        conn = await client.connection_pool.get_connection()
+        plain = Connection()
+        for args in (("SET", "k", "श्री क्षमा ક્ષ"), ("EVALSHA", "ab" * 20, 2, "opd:{X}:ev", "x", 1_795_000_000_000,
+                     -1e12, 0.1, b"\x00\xff"), ("CONFIG GET", "maxmemory")):  # fmt: skip
+            assert b"".join(conn.pack_command(*args)) == b"".join(plain.pack_command(*args))
+        await client.connection_pool.release(conn)
+        await client.set("name", "श्री क्षमा")
+        assert await client.get("name") == "श्री क्षमा"
+    finally:
+        await client.aclose()
