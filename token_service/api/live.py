@@ -373,7 +373,6 @@ class LiveHub:
                 fut = self._confirmed.get(hip_id)
                 if fut is None:
                     fut = self._confirmed[hip_id] = asyncio.get_running_loop().create_future()
-                    self._watched[hip_id] = time.monotonic()
                     await self._subscribe(hip_id)
         if fut.done():
             return True
@@ -492,6 +491,7 @@ class LiveHub:
     async def snapshot(self, hip_id: str) -> Snapshot:
         """The cached snapshot, or a fresh one (one build at a time per facility, shared by all waiters).
         Asking subscribes this worker to the facility's events; only then is a snapshot kept."""
+        await self.state.directory.get(hip_id)  # an unknown facility fails here, before any subscription
         subscribed = await self._watch(hip_id)
         cached = self.snapshots.get(hip_id)
         if cached is not None:
