@@ -212,12 +212,12 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
         "event insert": (tokens._statement("json", "event"), {"rows": [event_row(HIP, "1-1", "called", 0, "D1", t)]}),
         "audit insert": (AUDIT.insert(), {"at": datetime.now(UTC), "actor": "a", "action": "x", "hip_id": HIP,
                                            "target": "t", "detail": None}),
-        "on-share upsert": (outbox._upsert_statement("postgresql", returning=True), _share_row("r", t.id, "n")),
-        "on-share attempt": (outbox.ATTEMPT.insert(), {"on_share_id": 1, "at": datetime.now(UTC),
-                                                       "outbound_request_id": "o", "status_code": 202, "ok": True,
-                                                       "error": None, "duration_ms": 1}),
-        "on-share outcome": (outbox._OUTCOME, {"oid": 1, "new_status": "sent", "inc": 1, "error": None,
-                                               "sent": None}),
+        "on-share upsert": (outbox._upsert_statement("json"), {"rows": [_share_row("r", t.id, "n")]}),
+        "on-share attempt": (outbox._ATTEMPT_JSON, {"rows": [{"on_share_id": 1, "at": datetime.now(UTC),
+                                                              "outbound_request_id": "o", "status_code": 202,
+                                                              "ok": True, "error": None, "duration_ms": 1}]}),
+        "on-share outcome": (outbox._OUTCOME_JSON, {"rows": [{"oid": 1, "new_status": "sent", "inc": 1,
+                                                              "error": None, "sent": None}]}),
     }[op.name]  # fmt: skip
     fast = _pg_statement(stmt, dialect, tuple(row))
     assert fast is not None

@@ -42,7 +42,16 @@ from token_service.abdm.profile import PatientProfile
 from token_service.abdm.schemas import PROFILE_SHARE, ShareRequest
 from token_service.clock import Clock
 from token_service.models import OnShare, OnShareAttempt
-from token_service.records.writer import Row, RowOp, SqlWriter, execute_many, psycopg_path
+from token_service.records.writer import (
+    Row,
+    RowOp,
+    SqlWriter,
+    execute_json_rows,
+    execute_many,
+    json_rows,
+    json_rows_insert,
+    psycopg_path,
+)
 
 __all__ = ["Outbox", "OutboxEntry"]
 
@@ -250,13 +259,22 @@ def _dialect_insert(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
-_UPSERTS: dict[tuple[str, bool], Any] = {}
+_UPSERTS: dict[str, Any] = {}
 
 
-def _upsert_statement(dialect: str, *, returning: bool = False) -> Any:
-    stmt = _UPSERTS.get((dialect, returning))
+_ONSHARE_COLUMNS = ("hip_id", "request_id", "version", "token_id", "payload", "status", "attempts",
+                    "created_at", "deadline_at")  # fmt: skip
+
+
+def _upsert_statement(flavour: str) -> Any:
+    """The on-share upsert, built once per flavour: "json" for PostgreSQL through psycopg (a batch's
+    rows as one JSON parameter, returning each row's key and id), else the dialect's name."""
+    stmt = _UPSERTS.get(flavour)
     if stmt is None:
-        ins = _dialect_insert(dialect)(ON_SHARE)
+        if flavour == "json":
+            ins = json_rows_insert(ON_SHARE, _ONSHARE_COLUMNS)
+        else:
+            ins = _dialect_insert(flavour)(ON_SHARE)
         # The gateway delivered the same REQUEST-ID again: the patient is waiting again, so the same
         # row is owed a fresh on-share with a fresh deadline.
         rearm = {k: ins.excluded[k] for k in ("payload", "token_id", "deadline_at")}
@@ -264,9 +282,9 @@ def _upsert_statement(dialect: str, *, returning: bool = False) -> Any:
             index_elements=["hip_id", "request_id"],
             set_={**rearm, "status": "pending", "last_error": None, "sent_at": None},
         )
-        if returning:
-            stmt = stmt.returning(ON_SHARE.c.id)
-        _UPSERTS[(dialect, returning)] = stmt
+        if flavour == "json":
+            stmt = stmt.returning(ON_SHARE.c.hip_id, ON_SHARE.c.request_id, ON_SHARE.c.id)
+        _UPSERTS[flavour] = stmt
     return stmt
 
 
@@ -276,12 +294,8 @@ async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
     for row in rows:  # the same share twice in one batch: one statement row, both get its id
         last[(row["hip_id"], row["request_id"])] = row
     ordered = [last[k] for k in sorted(last)]  # one lock order for every writer
-    ids: dict[tuple[str, str], int] = {}
     if psycopg_path(conn):
-        returned = await execute_many(conn, _upsert_statement("postgresql", returning=True), ordered,
-                                      returning=True)  # fmt: skip
-        for row, got in zip(ordered, returned or (), strict=True):
-            ids[(row["hip_id"], row["request_id"])] = int(got[0])
+        found: Any = await execute_json_rows(conn, _upsert_statement("json"), ordered, returning=True)
     else:
         await conn.execute(_upsert_statement(conn.dialect.name), ordered)
         found = await conn.execute(
@@ -289,15 +303,21 @@ async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
                 tuple_(ON_SHARE.c.hip_id, ON_SHARE.c.request_id).in_(list(last))
             )
         )
-        ids = {(hip, req): int(i) for hip, req, i in found}
+    ids = {(hip, req): int(i) for hip, req, i in found}
     return [ids[(row["hip_id"], row["request_id"])] for row in rows]
 
 
-_ATTEMPT_INSERT = ATTEMPT.insert()  # built once: the writer compiles each statement object once
+_ATTEMPT_COLUMNS = ("on_share_id", "at", "outbound_request_id", "status_code", "ok", "error", "duration_ms")
+# Built once: the writer compiles each statement object once.
+_ATTEMPT_INSERT = ATTEMPT.insert()
+_ATTEMPT_JSON = json_rows_insert(ATTEMPT, _ATTEMPT_COLUMNS)
 
 
 async def _attempt_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    await execute_many(conn, _ATTEMPT_INSERT, rows)
+    if psycopg_path(conn):
+        await execute_json_rows(conn, _ATTEMPT_JSON, rows)
+    else:
+        await execute_many(conn, _ATTEMPT_INSERT, rows)
 
 
 _OUTCOME = (
@@ -310,10 +330,27 @@ _OUTCOME = (
         sent_at=func.coalesce(bindparam("sent", type_=ON_SHARE.c.sent_at.type), ON_SHARE.c.sent_at),
     )
 )
+_OUTCOME_ROWS = json_rows([("oid", ON_SHARE.c.id.type), ("new_status", ON_SHARE.c.status.type),
+                           ("inc", ON_SHARE.c.attempts.type), ("error", ON_SHARE.c.last_error.type),
+                           ("sent", ON_SHARE.c.sent_at.type)])  # fmt: skip
+_OUTCOME_JSON = (
+    update(ON_SHARE)
+    .where(ON_SHARE.c.id == _OUTCOME_ROWS.c.oid, ON_SHARE.c.status == "pending")
+    .values(
+        status=_OUTCOME_ROWS.c.new_status,
+        attempts=ON_SHARE.c.attempts + _OUTCOME_ROWS.c.inc,
+        last_error=_OUTCOME_ROWS.c.error,
+        sent_at=func.coalesce(_OUTCOME_ROWS.c.sent, ON_SHARE.c.sent_at),
+    )
+)
 
 
 async def _outcome_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    await execute_many(conn, _OUTCOME, sorted(rows, key=lambda r: int(r["oid"])))
+    ordered = sorted(rows, key=lambda r: int(r["oid"]))
+    if psycopg_path(conn):
+        await execute_json_rows(conn, _OUTCOME_JSON, ordered)
+    else:
+        await execute_many(conn, _OUTCOME, ordered)
 
 
 # Operations for the SQL writer's batches (after the token rows of the same share).

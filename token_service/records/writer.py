@@ -22,12 +22,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, Table, bindparam, column, func, select
+from sqlalchemy import JSON, String, Table, bindparam, column, func, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from token_service.errors import Unavailable
@@ -258,13 +257,20 @@ async def execute_many(
 JSON_ROWS = "rows"
 
 
+def json_rows(columns: Sequence[tuple[str, TypeEngine[Any]]]) -> Any:
+    """PostgreSQL: the rows of one JSON array parameter (`JSON_ROWS`) as a table ``r`` with these
+    columns (``json_to_recordset``), for statements run by `execute_json_rows`. Strings are read
+    unsized, so a value too long for the column it goes to fails as it would from a VALUES list instead
+    of being cut to size by the record's type; a JSON column keeps the text it was sent as."""
+    cols = [column(name, _unsized(type_)) for name, type_ in columns]
+    return func.json_to_recordset(bindparam(JSON_ROWS, type_=JSON)).table_valued(*cols).render_derived(
+        name="r", with_types=True
+    )
+
+
 def json_rows_insert(table: Table, names: Sequence[str]) -> postgresql.Insert:
-    """PostgreSQL: ``INSERT INTO table (names) SELECT ... FROM jsonb_to_recordset(:rows)``, for
-    `execute_json_rows`. Strings are read unsized, so a value too long for its column fails the insert
-    as it would in a VALUES list instead of being cut to size by the record's type."""
-    cols = [column(n, _unsized(table.c[n].type)) for n in names]
-    rows = func.jsonb_to_recordset(bindparam(JSON_ROWS, type_=JSONB)).table_valued(*cols)
-    src = rows.render_derived(name="r", with_types=True)
+    """``INSERT INTO table (names) SELECT ... FROM json_rows(...)``: rows keyed by column name."""
+    src = json_rows([(n, table.c[n].type) for n in names])
     chosen = select(*(src.c[n] for n in names))
     return postgresql.insert(table).from_select(list(names), chosen, include_defaults=False)
 
@@ -274,19 +280,24 @@ def _unsized(type_: TypeEngine[Any]) -> TypeEngine[Any]:
     return String() if isinstance(impl, String) else type_
 
 
-async def execute_json_rows(conn: AsyncConnection, stmt: Insert, rows: list[Row]) -> None:
-    """Run `stmt` (built on `json_rows_insert`) once with every row in one JSON array (PostgreSQL).
+async def execute_json_rows(
+    conn: AsyncConnection, stmt: UpdateBase, rows: list[Row], *, returning: bool = False
+) -> list[tuple[Any, ...]] | None:
+    """Run `stmt` (reading its rows from `json_rows`) once with every row in one JSON array
+    (PostgreSQL); with `returning`, the RETURNING rows (in no particular order).
 
     One statement and one parameter per batch: psycopg's executemany adapts every parameter of every
     row and sends a statement per row, which cost more of a worker's CPU than the database's work. The
-    rows must be JSON-ready (str, int, float, None, date and aware datetime; orjson writes them).
+    rows must be JSON-ready (str, int, float, bool, None, date and aware datetime, dicts and lists;
+    orjson writes them).
     """
     if not rows:
-        return
+        return [] if returning else None
     fast = _pg_statement(stmt, conn.dialect, (JSON_ROWS,))
-    assert fast is not None, "a json_rows_insert statement compiles to plain SQL"
+    assert fast is not None, "a statement on json_rows compiles to plain SQL"
     async with (await _psycopg(conn)).cursor() as cur:
         await cur.execute(fast.sql, fast.params({JSON_ROWS: rows}))
+        return list(await cur.fetchall()) if returning else None
 
 
 async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any]]:
