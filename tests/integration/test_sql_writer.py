@@ -227,7 +227,7 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
 
 
 def test_json_rows_carry_every_column() -> None:
-    """On PostgreSQL token and history rows go as one JSON array read by `jsonb_to_recordset`, which
+    """On PostgreSQL token and history rows go as one JSON array read by `json_to_recordset`, which
     reads a missing or misspelt key as NULL without a word: the record's columns must be exactly the
     rows' keys."""
     from token_service.records import tokens
