@@ -263,8 +263,10 @@ def json_rows(columns: Sequence[tuple[str, TypeEngine[Any]]]) -> Any:
     unsized, so a value too long for the column it goes to fails as it would from a VALUES list instead
     of being cut to size by the record's type; a JSON column keeps the text it was sent as."""
     cols = [column(name, _unsized(type_)) for name, type_ in columns]
-    return func.json_to_recordset(bindparam(JSON_ROWS, type_=JSON)).table_valued(*cols).render_derived(
-        name="r", with_types=True
+    return (
+        func.json_to_recordset(bindparam(JSON_ROWS, type_=JSON))
+        .table_valued(*cols)
+        .render_derived(name="r", with_types=True)
     )
 
 
