@@ -47,7 +47,7 @@ from token_service.records.writer import (
     RowOp,
     SqlWriter,
     execute_json_rows,
-    execute_many,
+    execute_rows,
     json_rows,
     json_rows_insert,
     psycopg_path,
@@ -314,10 +314,7 @@ _ATTEMPT_JSON = json_rows_insert(ATTEMPT, _ATTEMPT_COLUMNS)
 
 
 async def _attempt_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    if psycopg_path(conn):
-        await execute_json_rows(conn, _ATTEMPT_JSON, rows)
-    else:
-        await execute_many(conn, _ATTEMPT_INSERT, rows)
+    await execute_rows(conn, rows, json=_ATTEMPT_JSON, plain=_ATTEMPT_INSERT)
 
 
 _OUTCOME = (
@@ -346,11 +343,7 @@ _OUTCOME_JSON = (
 
 
 async def _outcome_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    ordered = sorted(rows, key=lambda r: int(r["oid"]))
-    if psycopg_path(conn):
-        await execute_json_rows(conn, _OUTCOME_JSON, ordered)
-    else:
-        await execute_many(conn, _OUTCOME, ordered)
+    await execute_rows(conn, sorted(rows, key=lambda r: int(r["oid"])), json=_OUTCOME_JSON, plain=_OUTCOME)
 
 
 # Operations for the SQL writer's batches (after the token rows of the same share).

@@ -14,14 +14,7 @@ from token_service.clock import from_ms
 from token_service.models import TokenEvent, TokenRecord
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records.writer import (
-    Row,
-    RowOp,
-    execute_json_rows,
-    execute_many,
-    json_rows_insert,
-    psycopg_path,
-)
+from token_service.records.writer import Row, RowOp, execute_many, execute_rows, json_rows_insert
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -107,10 +100,7 @@ def _statement(flavour: str, kind: str) -> Any:
 
 
 async def _execute(conn: AsyncConnection, kind: str, rows: list[Row]) -> None:
-    if psycopg_path(conn):
-        await execute_json_rows(conn, _statement("json", kind), rows)
-    else:
-        await execute_many(conn, _statement(conn.dialect.name, kind), rows)
+    await execute_rows(conn, rows, json=_statement("json", kind), plain=_statement(conn.dialect.name, kind))
 
 
 def _newest_rows(rows: Sequence[Row]) -> list[Row]:

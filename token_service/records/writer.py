@@ -213,7 +213,8 @@ def _pg_statement(stmt: UpdateBase, dialect: Dialect, keys: tuple[str, ...]) -> 
 
 
 def psycopg_path(conn: AsyncConnection) -> bool:
-    """Whether `execute_many` runs on psycopg directly here (PostgreSQL), with `returning` available."""
+    """Whether statements run on psycopg directly here (PostgreSQL): `execute_many`'s fast path, and
+    `execute_json_rows`."""
     return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
 
 
@@ -223,35 +224,33 @@ async def _psycopg(conn: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
-async def execute_many(
-    conn: AsyncConnection, stmt: UpdateBase, rows: list[Row], *, returning: bool = False
-) -> list[tuple[Any, ...]] | None:
-    """Run `stmt` once per row in `conn`'s transaction: the writer's hot statements. `stmt` must be
+async def execute_many(conn: AsyncConnection, stmt: UpdateBase, rows: list[Row]) -> None:
+    """Run `stmt` once per row in `conn`'s transaction (the writer's rarer statements). `stmt` must be
     built once (at module level), not per call: it is compiled once per object.
 
     On PostgreSQL the statement is compiled once and handed with its parameter list straight to
     psycopg (pipelined executemany): SQLAlchemy's per-execution work (building an execution context,
-    processing every parameter of every row) cost more CPU than the statements themselves. With
-    `returning`, each row's RETURNING row comes back in the rows' order (PostgreSQL only).
+    processing every parameter of every row) cost more CPU than the statements themselves.
     """
     if not rows:
-        return [] if returning else None
+        return
     fast = _pg_statement(stmt, conn.dialect, tuple(rows[0])) if psycopg_path(conn) else None
     if fast is None:
-        if returning:
-            raise ValueError("execute_many(returning=True) needs PostgreSQL with psycopg")
         await conn.execute(stmt, rows)
-        return None
-    params = [fast.params(row) for row in rows]
+        return
     async with (await _psycopg(conn)).cursor() as cur:
-        await cur.executemany(fast.sql, params, returning=returning)
-        if not returning:
-            return None
-        out: list[tuple[Any, ...]] = []
-        while True:
-            out.append(await cur.fetchone())
-            if not cur.nextset():
-                return out
+        await cur.executemany(fast.sql, [fast.params(row) for row in rows])
+
+
+async def execute_rows(
+    conn: AsyncConnection, rows: list[Row], *, json: UpdateBase, plain: UpdateBase
+) -> None:
+    """The writer's hot statements: `json` (built on `json_rows`) with one JSON parameter on the
+    `psycopg_path`, else `plain` with a parameter list (SQLite)."""
+    if psycopg_path(conn):
+        await execute_json_rows(conn, json, rows)
+    else:
+        await execute_many(conn, plain, rows)
 
 
 JSON_ROWS = "rows"
