@@ -64,7 +64,7 @@ async def run_limits(run: Run, section: Section) -> None:
     sha = client.script_load(_source("issue"))
     hip = "BENCH0000001"  # its own facility in its own database: the service's counters stay gapless
     day_end = int(time.time() * 1000) + 86_400_000
-    lua_args = ["EVALSHA", sha, "2", keys.events_stream(hip), keys.expiry_zset(hip), keys.facility_prefix(hip),
+    lua_args = ["EVALSHA", sha, "2", keys.events_stream(hip), keys.expiry_index(hip), keys.facility_prefix(hip),
                 str(int(time.time() * 1000)), hip, "OPD1", time.strftime("%Y%m%d"), str(day_end), "1800000",
                 "", "", "normal", "walk_in", "pub", "A"]  # fmt: skip
     lua = redis_benchmark(stack.redis_url, lua_args, n, run)

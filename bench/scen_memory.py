@@ -35,21 +35,25 @@ async def run_memory(run: Run, section: Section) -> None:
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(n, start + batch)):
                 # As a share issues it: a REQUEST-ID and an ABHA address, so both idempotency keys exist.
-                pipe.evalsha(sha, 2, keys.events_stream(HIP), keys.expiry_zset(HIP), keys.facility_prefix(HIP),
+                pipe.evalsha(sha, 2, keys.events_stream(HIP), keys.expiry_index(HIP), keys.facility_prefix(HIP),
                              int(time.time() * 1000), HIP, COUNTERS[i % 3], day, eod, 1_800_000,
                              str(uuid.uuid4()), f"patient{i}@sbx", "normal", "scan_share",
                              uuid.uuid4().hex[:12], "ABC"[i % 3])  # fmt: skip
             pipe.execute()
         after = _used(client)
         stream = int(client.memory_usage(keys.events_stream(HIP)) or 0)
-        sample = f"{HIP}.OPD1.{day}.{1:05d}"
-        token_hash = int(client.memory_usage(keys.token_key(HIP, sample)) or 0)
-        lanes = sum(int(client.memory_usage(keys.lane_key(HIP, c, "n")) or 0) for c in COUNTERS)
-        expiry = int(client.memory_usage(keys.expiry_zset(HIP)) or 0)
-        rkey = client.scan_iter(match=keys.facility_prefix(HIP) + "r:*", count=100)
-        r_one = int(client.memory_usage(next(iter(rkey))) or 0)
-        a_one = int(client.memory_usage(keys.rescan_key(HIP, "OPD1", day, "patient0@sbx")) or 0)
-        waiting = sum(int(client.zcard(keys.lane_key(HIP, c, "n"))) for c in COUNTERS)
+        parts = {"token records": 0, "lanes": 0, "expiry wheel": 0, "REQUEST-ID map": 0, "re-scan map": 0}
+        kinds = {"k": "token records", "w": "lanes", "x": "expiry wheel", "xb": "expiry wheel",
+                 "r": "REQUEST-ID map", "a": "re-scan map"}  # fmt: skip
+        prefix = keys.facility_prefix(HIP)
+        encodings: dict[str, set[str]] = {}
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            name = key.decode()[len(prefix) :]
+            kind = kinds.get(name.split(":", 1)[0])
+            if kind is not None:
+                parts[kind] += int(client.memory_usage(key, samples=0) or 0)
+                encodings.setdefault(kind, set()).add(client.object("encoding", key).decode())
+        waiting = sum(int(client.llen(keys.lane_key(HIP, c, "n"))) for c in COUNTERS)
         client.close()
     finally:
         child.stop()
@@ -60,11 +64,12 @@ async def run_memory(run: Run, section: Section) -> None:
     )
     section.rows.append({"what": "same, without the event stream (the recorder XDELs copied entries)",
                          "bytes": round(live)})  # fmt: skip
-    for what, size in (("token hash (MEMORY USAGE, one token)", token_hash),
-                       ("REQUEST-ID key (one)", r_one), ("re-scan key (one)", a_one),
-                       ("lane zsets, per token", lanes / n), ("expiry zset, per token", expiry / n),
-                       ("event stream, per token (before the recorder drains it)", stream / n)):  # fmt: skip
-        section.rows.append({"what": what, "bytes": round(size)})
+    for kind, size in parts.items():
+        section.rows.append({"what": f"{kind}, per token (MEMORY USAGE; {'/'.join(sorted(encodings.get(kind, ())))})",
+                             "bytes": round(size / n)})  # fmt: skip
+    section.rows.append(
+        {"what": "event stream, per token (before the recorder drains it)", "bytes": round(stream / n)}
+    )
     run.figures["redis_bytes_per_token"] = round(live)
     section.check(f"Redis bytes per waiting token at {n} waiting ≤ 300 B", live <= 300,
                   f"{live:.0f} B per token without the stream, {total:.0f} B with it")  # fmt: skip

@@ -26,7 +26,8 @@ async def rebuild_facility(queue: TokenQueue, engine: object, hip_id: str, day: 
     assert isinstance(engine, AsyncEngine)
     async with engine.connect() as conn:
         tokens = await token_sql.tokens_of_day(conn, hip_id, day)
-    for token in sorted(tokens, key=lambda t: (t.origin_counter, t.number)):
+    # In calling order, so that each waiting token goes to the end of its lane.
+    for token in sorted(tokens, key=lambda t: (t.order, t.id)):
         await queue.restore(token)
     return len(tokens)
 

@@ -181,6 +181,10 @@ def guarded_class(base: type[AbstractConnection], breaker: RedisBreaker) -> type
             except RedisTimeoutError as exc:
                 breaker.trip(exc)
                 raise
+            except RuntimeError as exc:
+                # uvloop refuses a write on a transport the server has just closed (a Redis restart)
+                # with a RuntimeError, which redis-py passes on as it is: it is a lost connection.
+                raise RedisConnectionError(f"Redis connection lost: {exc}") from exc
 
         async def read_response(self, *args: Any, **kwargs: Any) -> Any:
             breaker.reading.add(self)

@@ -54,7 +54,7 @@ def client(service: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
 def token_keys(redis_url: str) -> list[bytes]:
     r = sync_redis.Redis.from_url(redis_url)
     try:
-        return list(r.scan_iter(match=f"opd:{{{HIP}}}:t:*"))
+        return list(r.scan_iter(match=f"opd:{{{HIP}}}:k:*"))
     finally:
         r.close()
 

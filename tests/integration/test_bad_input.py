@@ -27,6 +27,8 @@ def redis_state(url: str) -> dict[str, Any]:
             out[key] = r.hgetall(key)
         elif kind == "zset":
             out[key] = r.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            out[key] = r.lrange(key, 0, -1)
         elif kind == "string":
             out[key] = r.get(key)
         elif kind == "stream":

@@ -46,8 +46,9 @@ def test_facilities_spread_over_every_master(cluster: RedisClusterProc) -> None:
     # Every key of one facility is in one slot: the prefix's hash tag decides it.
     with cluster.client() as rc:
         for hip in FACILITIES[:3]:
-            slots = {rc.keyslot(k) for k in (keys.events_stream(hip), keys.expiry_zset(hip),
-                                             keys.token_key(hip, f"{hip}.OPD1.20261122.00001"),
+            slots = {rc.keyslot(k) for k in (keys.events_stream(hip), keys.expiry_index(hip),
+                                             keys.token_bucket(hip, "OPD1", "20261122", 1),
+                                             keys.wheel_key(hip, 29_000_000),
                                              keys.lane_key(hip, "OPD1", "p"), keys.desk_key(hip, "D1"),
                                              keys.sequence_key(hip, "OPD1", "20261122"))}  # fmt: skip
             assert len(slots) == 1
@@ -153,7 +154,8 @@ async def test_restore_and_sweep_run_on_cluster(cluster: RedisClusterProc) -> No
     try:
         for hip in FACILITIES[:6]:
             issued = [(await queue.issue(hip, "OPD1", rules, source=Source.WALK_IN)).token for _ in range(3)]
-            await redis.delete(keys.token_key(hip, issued[0].id))
+            bucket, number = keys.token_location(issued[0].id)  # type: ignore[misc]
+            await redis.hdel(bucket, number)
             await queue.restore(issued[0])
             assert (await queue.get(issued[0].id)).status == issued[0].status
             clock.advance(120)

@@ -29,9 +29,9 @@ from tests.support.load import (
     until_issued,
     wait_recorded,
 )
+from tests.support.redis_records import read_token
 from tests.support.servers import RedisProc
 from token_service.abdm.sandbox_state import SandboxState
-from token_service.queue import keys
 
 
 def test_redis_sigkill_with_aof_during_burst(tmp_path: Path, sandbox: tuple[SandboxState, str]) -> None:
@@ -109,7 +109,7 @@ def test_redis_sigkill_with_aof_during_burst(tmp_path: Path, sandbox: tuple[Sand
         r = sync_redis.Redis.from_url(rproc.url, decode_responses=True)
         shown = [c.body["id"] for c in calls if c.op == "call" and c.status == 200]
         assert shown
-        states = [r.hget(keys.token_key(HIP, tid), "s") for tid in shown]
+        states = [(read_token(r, tid) or {}).get("s") for tid in shown]
         assert set(states) <= {"called", "completed"}, Counter(states)
         r.close()
         # Numbering goes on above everything acknowledged, and the gateway's retry of a share succeeds.

@@ -27,8 +27,8 @@ from tests.support.load import (
     wait_recorded,
 )
 from tests.support.pgserver import PgServer, running_pg
+from tests.support.redis_records import all_tokens
 from tests.support.servers import RedisProc
-from token_service.queue import keys
 
 
 @pytest.fixture
@@ -89,10 +89,7 @@ def test_postgres_stopped_under_load(tmp_path: Path, pg: PgServer) -> None:
         # Nothing half-written: a token whose script ran while SQL was down (its caller got a 503) reached
         # SQL through the event stream, so both stores hold the same tokens in the same state.
         r = sync_redis.Redis.from_url(rproc.url, decode_responses=True)
-        in_redis = {}
-        for key in r.scan_iter(match=keys.token_key(HIP, "*"), count=1000):
-            fields = r.hmget(key, "id", "s")
-            in_redis[fields[0]] = fields[1]
+        in_redis = {tid: t["s"] for tid, t in all_tokens(r, HIP).items()}
         r.close()
         in_sql = dict(sql_rows(settings.sqlalchemy_url, "SELECT id, status FROM token"))
         assert in_sql == in_redis

@@ -133,3 +133,26 @@ async def test_commands_are_encoded_as_redis_py_encodes_them(redis_url: str) -> 
         assert await client.get("name") == "श्री क्षमा"
     finally:
         await client.aclose()
+
+
+def test_a_write_on_a_closed_transport_is_a_lost_connection(redis_url: str) -> None:
+    """Under uvloop (as the service runs) a write on a transport that was closed under the connection,
+    as when Redis restarts, raises a RuntimeError; a guarded connection reports a lost connection, which
+    the service answers with 503, not 500."""
+    import uvloop
+
+    async def scenario() -> None:
+        client, _ = guarded(redis_url)
+        try:
+            conn = await client.connection_pool.get_connection()
+            conn._writer.transport.abort()  # the server went away between two commands
+            with pytest.raises(RedisConnectionError, match="connection lost"):
+                await conn.send_command("PING")
+            await conn.disconnect()
+            await client.connection_pool.release(conn)
+            assert await client.ping()
+        finally:
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, null, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.app import make_settings
@@ -128,6 +128,52 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
             assert events == 1
             assert audits == [("clerk", None)]
             assert attempts == [(id1, True, 202)]
+
+    asyncio.run(scenario())
+
+
+def test_a_later_state_written_first_gets_the_issues_identity(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    """Redis's record leaves out the ABHA address and REQUEST-ID, so only the issue's state carries them.
+    When another state reaches SQL first (a retried share answered before the issue's write-through
+    committed, or a recorder batch that holds both), the row still ends up with both, and the older
+    state changes nothing else. A row the retention purge cleared is not filled in again."""
+    settings = make_settings(tmp_path, redis_url, database_url)
+    patient = {"name": "Sita Devi"}
+
+    def anonymous(t: Token) -> Token:
+        return dataclasses.replace(t, abha_address=None, request_id=None)
+
+    def called(n: int) -> Token:
+        return anonymous(_token(n, version=2, status=Status.CALLED, desk="D1"))
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            # The same version without, then with the identity (a duplicate share's state first).
+            await writer.submit_rows(token_rows([anonymous(_token(1))], patient))
+            await writer.submit_rows(token_rows([_token(1)]))
+            # A later state first (its row holds the shared profile), then the issue's state.
+            await writer.submit_rows(token_rows([called(2)], patient))
+            await writer.submit_rows(token_rows([_token(2)]))
+            # One batch holding both versions (the recorder copying the issue and the call together).
+            await writer.submit_rows([*token_rows([called(3)]), *token_rows([_token(3)])])
+            async with engine.connect() as conn:
+                toks = {r.number: r for r in await conn.execute(select(TOKEN))}
+            for n in (1, 2, 3):
+                assert (toks[n].abha_address, toks[n].request_id) == (f"p{n}@sbx", f"req-{n}"), n
+            assert (toks[1].status, toks[1].version) == ("waiting", 1)
+            for n in (2, 3):
+                assert (toks[n].status, toks[n].version, toks[n].desk) == ("called", 2, "D1"), n
+
+            # The retention purge clears a row; a late copy of its issue event does not refill it.
+            async with engine.begin() as conn:
+                # as token_service.retention clears it: SQL NULL, not JSON null
+                await conn.execute(TOKEN.update().values(patient=null(), abha_address=None, request_id=None))
+            await writer.submit_rows(token_rows([_token(2)]))
+            async with engine.connect() as conn:
+                row = (await conn.execute(select(TOKEN).where(TOKEN.c.number == 2))).one()
+            assert (row.abha_address, row.request_id, row.status, row.version) == (None, None, "called", 2)
 
     asyncio.run(scenario())
 

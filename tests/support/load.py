@@ -14,6 +14,7 @@ import redis as sync_redis
 from sqlalchemy import create_engine, text
 
 from tests.support.app import HIP, PASSWORD
+from tests.support.redis_records import read_token
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.queue import keys
 
@@ -163,10 +164,7 @@ def assert_acknowledged_kept(calls: list[Call], redis_url: str, sqlalchemy_url: 
     assert dupes == []
     r = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        pipe = r.pipeline(transaction=False)
-        for t in issued:
-            pipe.hget(keys.token_key(HIP, t["id"]), "n")
-        in_redis = pipe.execute()
+        in_redis = [(read_token(r, t["id"]) or {}).get("n") for t in issued]
     finally:
         r.close()
     assert [t["id"] for t, n in zip(issued, in_redis, strict=True) if n != str(t["number"])] == []

@@ -36,7 +36,8 @@ class Model:
     exp: dict[str, float] = field(default_factory=dict)
     seq: dict[tuple[str, str], int] = field(default_factory=dict)
     ord: int = 0
-    reqs: dict[str, str] = field(default_factory=dict)
+    # (UTC day of the issue, REQUEST-ID) -> token id: a retry is recognised on that day and the next.
+    reqs: dict[tuple[int, str], str] = field(default_factory=dict)
     abhas: dict[tuple[str, str, str], str] = field(default_factory=dict)
     desks: dict[str, Desk] = field(default_factory=dict)
 
@@ -92,15 +93,11 @@ class Model:
         return {"prev": before, "v": after["v"]}
 
     def place_after(self, lane: dict[str, float], places: int) -> float | None:
+        """Between the tokens at `places` and `places` + 1; None when there is none after the place."""
         places = max(places, 1)
-        items = self.ordered(lane)
-        window = items[places - 1 : places + 1]
-        if not window:
-            if not items:
-                return None
-            return items[-1][1] + 1
-        if len(window) == 1:
-            return window[0][1] + 1
+        window = self.ordered(lane)[places - 1 : places + 1]
+        if len(window) < 2:
+            return None
         return (window[0][1] + window[1][1]) / 2
 
     # ---- operations
@@ -108,14 +105,16 @@ class Model:
     def issue(self, counter: str, date: str, eod: int, req: str, abha: str, prio: str, src: str, pub: str,
               prefix: str) -> tuple[str, str]:  # fmt: skip
         self.sweep()
-        if req and req in self.reqs and self.reqs[req] in self.tokens:
-            return self.reqs[req], "duplicate"
+        gen = self.now // 86_400_000
+        known = self.reqs.get((gen, req)) or self.reqs.get((gen - 1, req))
+        if req and known in self.tokens:
+            return known, "duplicate"
         akey = (counter, date, abha)
         if abha and akey in self.abhas:
             t = self.tokens.get(self.abhas[akey])
             if t and t["s"] in ("waiting", "called"):
                 if req:
-                    self.reqs[req] = t["id"]
+                    self.reqs[(gen, req)] = t["id"]
                 return t["id"], "rescan"
         n = self.seq.get((counter, date), 0) + 1
         self.seq[(counter, date)] = n
@@ -133,7 +132,7 @@ class Model:
         self.lane(*self.lane_of(t))[tid] = float(order)
         self.exp[tid] = float(xp)
         if req:
-            self.reqs[req] = tid
+            self.reqs[(gen, req)] = tid
         if abha:
             self.abhas[akey] = tid
         return tid, "created"

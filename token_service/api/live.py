@@ -515,13 +515,18 @@ class LiveHub:
         for d in desks:
             pipe.hget(keys.desk_key(hip_id, d.code), "cur")
         for c in counters:
-            pipe.zrange(keys.lane_key(hip_id, c, "p"), 0, -1)
-            pipe.zrange(keys.lane_key(hip_id, c, "n"), 0, -1)
+            pipe.lrange(keys.lane_key(hip_id, c, "p"), 0, -1)
+            pipe.lrange(keys.lane_key(hip_id, c, "n"), 0, -1)
         rows = await pipe.execute()
         current_ids = [r or "" for r in rows[: len(desks)]]
         lines: dict[str, list[str]] = {}
         for i, c in enumerate(counters):
-            lines[c] = [*rows[len(desks) + 2 * i], *rows[len(desks) + 2 * i + 1]]
+            # Lanes hold refs (the id without the facility).
+            lines[c] = [
+                f"{hip_id}.{ref}"
+                for lane in rows[len(desks) + 2 * i : len(desks) + 2 * i + 2]
+                for ref in lane
+            ]
         current = {t.id: t for t in await self.state.queue.get_many(hip_id, [i for i in current_ids if i])}
         seen = self.recent.get(hip_id)
         if seen is None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 ROOT = "opd"
 
-# Sequences, request-id and re-scan mappings outlive the local day by a margin so a late retry of
-# yesterday's share still finds its token; token hashes are kept long enough for the day's reports
-# to be rebuilt from SQL instead.
+# Sequences and re-scan maps outlive the local day by a margin; token records are kept long enough for
+# the day's reports to be rebuilt from SQL instead. The scripts (lua/_lib.lua) spell the same keys.
 SEQ_TTL_S = 3 * 24 * 3600
-REQUEST_TTL_S = 2 * 24 * 3600
 TOKEN_TTL_S = 3 * 24 * 3600
 
 
@@ -27,9 +25,16 @@ def events_stream(hip_id: str) -> str:
     return facility_prefix(hip_id) + "ev"
 
 
-def expiry_zset(hip_id: str) -> str:
-    """Waiting tokens by the ms time at which they expire if never called."""
-    return facility_prefix(hip_id) + "exp"
+def expiry_index(hip_id: str) -> str:
+    """The expiry wheel's index: a sorted set of the minutes (ms // 60,000) that have a list of tokens
+    expiring in them (``wheel_key``)."""
+    return facility_prefix(hip_id) + "xb"
+
+
+def wheel_key(hip_id: str, minute: int) -> str:
+    """``<ref>@<ms into the minute>`` of the tokens whose deadline falls in this minute, in deadline
+    order (entries of tokens no longer waiting stay until the sweep meets them)."""
+    return facility_prefix(hip_id) + f"x:{minute}"
 
 
 def live_channel(hip_id: str) -> str:
@@ -43,13 +48,32 @@ def config_channel() -> str:
     return f"{ROOT}:config"
 
 
-def token_key(hip_id: str, token_id: str) -> str:
-    return facility_prefix(hip_id) + "t:" + token_id
+BUCKET = 64  # token records per hash: small enough for Redis's compact (listpack) hash encoding
+
+
+def token_ref(token_id: str) -> str:
+    """A token's id without its facility (``OPD1.20261122.00001``): what lanes and maps hold."""
+    return token_id.split(".", 1)[1]
+
+
+def token_bucket(hip_id: str, origin_counter: str, local_date: str, number: int) -> str:
+    """The hash holding the records of 64 consecutive numbers of one (counter, day): field ``<number>``
+    is a token's packed record (``queue/record.py``), field ``e`` the day's end in ms."""
+    return facility_prefix(hip_id) + f"k:{origin_counter}:{local_date}:{number // BUCKET}"
+
+
+def token_location(token_id: str) -> tuple[str, str] | None:
+    """(bucket key, field) of a token id, or None if it is not one."""
+    parts = token_id.split(".")
+    if len(parts) != 4 or not parts[3].isdigit() or len(parts[2]) != 8 or not parts[2].isdigit():
+        return None
+    hip_id, counter, local_date, number = parts
+    return token_bucket(hip_id, counter, local_date, int(number)), str(int(number))
 
 
 def lane_key(hip_id: str, counter: str, lane: str) -> str:
-    """``lane`` is ``p`` (priority) or ``n`` (normal)."""
-    return facility_prefix(hip_id) + f"q:{counter}:{lane}"
+    """``lane`` is ``p`` (priority) or ``n`` (normal): a list of token refs in calling order."""
+    return facility_prefix(hip_id) + f"w:{counter}:{lane}"
 
 
 def called_zset(hip_id: str, counter: str) -> str:
@@ -69,12 +93,15 @@ def desk_key(hip_id: str, desk: str) -> str:
     return facility_prefix(hip_id) + "desk:" + desk
 
 
-def request_key(hip_id: str, request_id: str) -> str:
-    return facility_prefix(hip_id) + "r:" + request_id
+def request_bucket_prefix(hip_id: str) -> str:
+    """``r:<utc day>:<3 hex of sha1(request id)>``: hashes of REQUEST-ID -> token ref, read for the
+    current and the previous UTC day (a retry is recognised for 24 to 48 hours)."""
+    return facility_prefix(hip_id) + "r:"
 
 
-def rescan_key(hip_id: str, counter: str, local_date: str, abha_address: str) -> str:
-    return facility_prefix(hip_id) + f"a:{counter}:{local_date}:{abha_address}"
+def rescan_bucket_prefix(hip_id: str, counter: str, local_date: str) -> str:
+    """``a:<counter>:<day>:<0..1023>``: hashes of ABHA address -> number, for re-scans."""
+    return facility_prefix(hip_id) + f"a:{counter}:{local_date}:"
 
 
 def sessions_key(user_id: int) -> str:

@@ -31,7 +31,7 @@ class Scripts:
         return cls({name: redis.register_script(_source(name)) for name in OPERATIONS})
 
     async def run(self, name: str, hip_id: str, now_ms: int, *args: str | int | float) -> dict[str, Any]:
-        keys_ = [keys.events_stream(hip_id), keys.expiry_zset(hip_id)]
+        keys_ = [keys.events_stream(hip_id), keys.expiry_index(hip_id)]
         argv = [keys.facility_prefix(hip_id), now_ms, *args]
         raw = await self.scripts[name](keys=keys_, args=argv)
         result: dict[str, Any] = orjson.loads(raw)

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from token_service.clock import Clock, local_day
 from token_service.errors import Conflict, NotFound
-from token_service.queue import keys
+from token_service.queue import keys, record
 from token_service.queue.scripts import Scripts
 from token_service.queue.status import Priority, Source, Status
 
@@ -223,30 +223,41 @@ class TokenQueue:
     # ---- reads (no script needed: each is a consistent single command or a pipeline of them)
 
     async def get(self, token_id: str) -> Token:
-        fields: dict[str, str] = await self.redis.hgetall(
-            keys.token_key(keys.hip_of_token_id(token_id), token_id)
-        )  # type: ignore[assignment]
-        if not fields:
+        tokens = await self._load([token_id])
+        if not tokens:
             raise NotFound(f"token {token_id} not found")
-        return Token.from_fields(fields)
+        return tokens[0]
 
-    async def get_many(self, hip_id: str, token_ids: Iterable[str]) -> list[Token]:
-        ids = list(token_ids)
-        if not ids:
+    async def _load(self, token_ids: Sequence[str]) -> list[Token]:
+        """The tokens of these ids that exist, in order: one HMGET per bucket of 64 numbers."""
+        wanted: dict[str, list[tuple[int, str, str]]] = {}
+        for i, tid in enumerate(token_ids):
+            where = keys.token_location(tid)
+            if where is not None:
+                wanted.setdefault(where[0], []).append((i, tid, where[1]))
+        if not wanted:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for tid in ids:
-            pipe.hgetall(keys.token_key(hip_id, tid))
-        rows = await pipe.execute()
-        return [Token.from_fields(r) for r in rows if r]
+        for bucket, items in wanted.items():
+            pipe.hmget(bucket, ["e", *(field for _, _, field in items)])
+        found: list[tuple[int, Token]] = []
+        for items, values in zip(wanted.values(), await pipe.execute(), strict=True):
+            day_end = values[0]
+            for (i, tid, _), raw in zip(items, values[1:], strict=True):
+                if raw is not None:
+                    found.append((i, Token.from_fields(record.unpack(tid, raw, int(day_end)))))
+        return [t for _, t in sorted(found, key=lambda it: it[0])]
+
+    async def get_many(self, hip_id: str, token_ids: Iterable[str]) -> list[Token]:
+        return await self._load([t for t in token_ids if keys.hip_of_token_id(t) == hip_id])
 
     async def waiting(self, hip_id: str, counter: str) -> list[Token]:
         """Waiting tokens of a counter: priority lane first, then normal lane, each in calling order."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(keys.lane_key(hip_id, counter, "p"), 0, -1)
-        pipe.zrange(keys.lane_key(hip_id, counter, "n"), 0, -1)
+        pipe.lrange(keys.lane_key(hip_id, counter, "p"), 0, -1)
+        pipe.lrange(keys.lane_key(hip_id, counter, "n"), 0, -1)
         prio, normal = await pipe.execute()
-        return await self.get_many(hip_id, [*prio, *normal])
+        return await self._load([f"{hip_id}.{ref}" for ref in (*prio, *normal)])
 
     async def called(self, hip_id: str, counter: str) -> list[Token]:
         ids: list[str] = await self.redis.zrange(keys.called_zset(hip_id, counter), 0, -1)  # type: ignore[assignment]
@@ -255,8 +266,8 @@ class TokenQueue:
     async def waiting_counts(self, hip_id: str, counters: Sequence[str]) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         for c in counters:
-            pipe.zcard(keys.lane_key(hip_id, c, "p"))
-            pipe.zcard(keys.lane_key(hip_id, c, "n"))
+            pipe.llen(keys.lane_key(hip_id, c, "p"))
+            pipe.llen(keys.lane_key(hip_id, c, "n"))
         counts = await pipe.execute()
         return {c: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, c in enumerate(counters)}
 
@@ -269,10 +280,10 @@ class TokenQueue:
         if token.status is not Status.WAITING:
             return None
         lane = "n" if token.priority is Priority.NORMAL else "p"
-        rank: int | None = await self.redis.zrank(keys.lane_key(token.hip_id, token.counter, lane), token.id)  # type: ignore[assignment]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpos(keys.lane_key(token.hip_id, token.counter, lane), keys.token_ref(token.id))
+        pipe.llen(keys.lane_key(token.hip_id, token.counter, "p"))
+        rank, ahead = await pipe.execute()
         if rank is None:
             return None
-        if lane == "n":
-            ahead: int = await self.redis.zcard(keys.lane_key(token.hip_id, token.counter, "p"))
-            rank += ahead
-        return int(rank)
+        return int(rank) + (int(ahead) if lane == "n" else 0)

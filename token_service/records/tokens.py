@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,7 +20,12 @@ TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
 
 # Columns an upsert may overwrite: the live state. Identity columns and the patient snapshot never
-# change after issue.
+# change after issue. The ABHA address and REQUEST-ID are known only to the issue's own state (Redis's
+# record leaves them out): a row first written from another state gets them from a later write that
+# carries them, if that write is of the same or a newer version or the row still holds the patient's
+# snapshot. A row whose personal data the retention purge cleared is never filled in again, not even
+# by a late copy of its issue event.
+_IDENTITY = ("abha_address", "request_id")
 _MUTABLE = (
     "counter", "status", "priority", "desk", "skips", "recalls", "order", "version", "called_at",
     "served_at", "completed_at", "expired_at", "finished_at", "expires_at", "updated_at",
@@ -88,10 +93,14 @@ def _statement(flavour: str, kind: str) -> Any:
         else:
             ins = (postgresql.insert if flavour == "postgresql" else sqlite.insert)(table)
         if kind == "token":
+            newer = TOKEN.c.version < ins.excluded.version
+            fill = or_(TOKEN.c.version <= ins.excluded.version, TOKEN.c.patient.isnot(None))
+            set_: dict[str, Any] = {c: case((newer, ins.excluded[c]), else_=TOKEN.c[c]) for c in _MUTABLE}
+            set_.update({c: case((fill, func.coalesce(TOKEN.c[c], ins.excluded[c])), else_=TOKEN.c[c])
+                         for c in _IDENTITY})  # fmt: skip
+            missing = or_(*(and_(TOKEN.c[c].is_(None), ins.excluded[c].isnot(None)) for c in _IDENTITY))
             stmt = ins.on_conflict_do_update(
-                index_elements=["id"],
-                set_={c: ins.excluded[c] for c in _MUTABLE},
-                where=TOKEN.c.version < ins.excluded.version,
+                index_elements=["id"], set_=set_, where=or_(newer, and_(fill, missing))
             )
         else:
             stmt = ins.on_conflict_do_nothing(index_elements=["hip_id", "stream_id"])
@@ -105,12 +114,20 @@ async def _execute(conn: AsyncConnection, kind: str, rows: list[Row]) -> None:
 
 def _newest_rows(rows: Sequence[Row]) -> list[Row]:
     """The newest version of each token, in id order: two workers upserting overlapping tokens then
-    lock them in the same order (no deadlock between the write-through and the recorder)."""
+    lock them in the same order (no deadlock between the write-through and the recorder). The identity
+    columns come from whichever version carries them (only the issue's state does)."""
     newest: dict[str, Row] = {}
     for row in rows:
         seen = newest.get(row["id"])
-        if seen is None or seen["version"] < row["version"]:
+        if seen is None:
             newest[row["id"]] = row
+            continue
+        if seen["version"] < row["version"]:
+            seen, row = row, seen
+            newest[seen["id"]] = seen
+        for c in _IDENTITY:
+            if seen[c] is None and row[c] is not None:
+                newest[seen["id"]] = seen = {**seen, c: row[c]}
     return [newest[i] for i in sorted(newest)]
 
 

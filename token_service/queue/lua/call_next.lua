@@ -7,14 +7,24 @@
 local desk, ratio, ageing = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 sweep(100)
 
-local best_p, best_ps, best_n, best_ns
-for i = 6, #ARGV do
-  local c = ARGV[i]
-  local hp = redis.call('ZRANGE', lane(c, 'p'), 0, 0, 'WITHSCORES')
-  if #hp == 2 and (best_ps == nil or tonumber(hp[2]) < best_ps) then best_p, best_ps = hp[1], tonumber(hp[2]) end
-  local hn = redis.call('ZRANGE', lane(c, 'n'), 0, 0, 'WITHSCORES')
-  if #hn == 2 and (best_ns == nil or tonumber(hn[2]) < best_ns) then best_n, best_ns = hn[1], tonumber(hn[2]) end
+-- The first token of a lane over the desk's counters: lowest (ord, id); the first counter wins a tie.
+local function head(l)
+  local best, best_ord
+  for i = 6, #ARGV do
+    local key = lane(ARGV[i], l)
+    local ref = redis.call('LINDEX', key, 0)
+    local o = ref and ord_of(ref)
+    while ref and o == -math.huge do  -- a member whose record is gone
+      redis.call('LPOP', key)
+      ref = redis.call('LINDEX', key, 0)
+      o = ref and ord_of(ref)
+    end
+    if ref and (best == nil or o < best_ord) then best, best_ord = ref, o end
+  end
+  return best, best_ord
 end
+local best_p, best_ps = head('p')
+local best_n = head('n')
 if best_p == nil and best_n == nil then return cjson.encode({called = cjson.null, completed = cjson.null}) end
 
 local d = desk_key(desk)
@@ -25,10 +35,7 @@ if best_p and best_ps < 0 then
   pick = best_p
 else
   local normal_aged = false
-  if best_n then
-    local iss = tonumber(redis.call('HGET', tkey(best_n), 'iss'))
-    normal_aged = (NOW - iss) >= ageing
-  end
+  if best_n then normal_aged = (NOW - tonumber(load(id_of(best_n)).iss)) >= ageing end
   if best_n and normal_aged then
     pick, streak = best_n, 0
   elseif best_p and (best_n == nil or streak < ratio) then
@@ -48,20 +55,20 @@ if prev_cur ~= '' then
     detach(cur)
     cur.s = 'completed'
     cur.fin = ARGV[2]
-    save(cur, {'s', 'fin'}, 'completed', desk)
+    save(cur, 'completed', desk)
     entries[#entries + 1] = undo_entry(before, cur)
     done = cur
   end
 end
 
-local t = load(pick)
+local t = load(id_of(pick))
 local before = snapshot(t)
 detach(t)
 t.s = 'called'
 t.desk = desk
 if t.cal == '' then t.cal = ARGV[2] end
 t.srv = ARGV[2]
-save(t, {'s', 'desk', 'cal', 'srv'}, 'called', desk)
+save(t, 'called', desk)
 redis.call('ZADD', called_key(t.c), NOW, t.id)
 entries[#entries + 1] = undo_entry(before, t)
 redis.call('HSET', d, 'cur', t.id, 'streak', tostring(streak))

@@ -15,7 +15,7 @@ end
 detach(t)
 t.s = to
 t.fin = ARGV[2]
-save(t, {'s', 'fin'}, to, desk)
+save(t, to, desk)
 if t.desk ~= '' and redis.call('HGET', desk_key(t.desk), 'cur') == id then
   redis.call('HSET', desk_key(t.desk), 'cur', '')
 end

@@ -8,20 +8,26 @@ local eod, validity = tonumber(ARGV[6]), tonumber(ARGV[7])
 local req, abha, prio, src, pub, prefix = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 sweep(100)
 
+local req_digest, rescan_key = '', ''
+if req ~= '' then req_digest = redis.sha1hex(req) end
+if abha ~= '' then rescan_key = rescan_bucket(counter, date, redis.sha1hex(abha)) end
 if req ~= '' then
-  local known = redis.call('GET', P .. 'r:' .. req)
+  local known = req_lookup(req, req_digest)
   if known then
     local t = load(known)
-    if t then return cjson.encode({token = t, outcome = 'duplicate'}) end
+    if t then
+      t.req = req  -- the record leaves it out; this state may be the first to reach SQL
+      return cjson.encode({token = t, outcome = 'duplicate'})
+    end
   end
 end
-local rescan_key = P .. 'a:' .. counter .. ':' .. date .. ':' .. abha
 if abha ~= '' then
-  local known = redis.call('GET', rescan_key)
+  local known = redis.call('HGET', rescan_key, abha)
   if known then
-    local t = load(known)
+    local t = load(string.format('%s.%s.%s.%05d', hip, counter, date, tonumber(known)))
     if t and (t.s == 'waiting' or t.s == 'called') then
-      if req ~= '' then redis.call('SET', P .. 'r:' .. req, t.id, 'EX', 172800) end
+      t.abha = abha
+      if req ~= '' then req_remember(req, req_digest, t.id) end
       return cjson.encode({token = t, outcome = 'rescan'})
     end
   end
@@ -41,13 +47,9 @@ local t = {
   ord = tostring(ord), iss = ARGV[2], cal = '', srv = '', fin = '', xp = tostring(xp),
   eod = tostring(eod), desk = '', sk = '0', rc = '0', v = '0',
 }
-local fields = {}
-for k, _ in pairs(t) do if k ~= 'v' then fields[#fields + 1] = k end end
-table.sort(fields)
-save(t, fields, 'issued', '')
-redis.call('EXPIRE', tkey(id), TOKEN_TTL)
-redis.call('ZADD', lane_of(t), ord, id)
-redis.call('ZADD', KEYS[2], xp, id)
-if req ~= '' then redis.call('SET', P .. 'r:' .. req, id, 'EX', 172800) end
-if abha ~= '' then redis.call('SET', rescan_key, id, 'EX', 172800) end
+save(t, 'issued', '')
+append(t)
+wheel_add(t)
+if req ~= '' then req_remember(req, req_digest, id) end
+if abha ~= '' then rescan_remember(rescan_key, abha, n) end
 return cjson.encode({token = t, outcome = 'created'})

@@ -13,5 +13,5 @@ if desk ~= '' and desk ~= t.desk then
 end
 t.rc = tostring(tonumber(t.rc) + 1)
 t.srv = ARGV[2]
-save(t, {'rc', 'desk', 'srv'}, 'recalled', t.desk)
+save(t, 'recalled', t.desk)
 return cjson.encode({token = t})

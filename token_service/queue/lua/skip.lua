@@ -11,25 +11,25 @@ local prev_cur = redis.call('HGET', d, 'cur') or ''
 local prev_streak = redis.call('HGET', d, 'streak') or '0'
 local before = snapshot(t)
 detach(t)
-local kind
 if tonumber(t.sk) >= 1 then
   t.s = 'no_show'
   t.fin = ARGV[2]
   t.sk = tostring(tonumber(t.sk) + 1)
-  save(t, {'s', 'fin', 'sk'}, 'no_show', desk)
+  save(t, 'no_show', desk)
 else
   local l = lane_of(t)
   local score = place_after(l, places)
-  if score == nil then score = tonumber(redis.call('INCR', P .. 'ord')) end
+  local last = score == nil
+  if last then score = tonumber(redis.call('INCR', P .. 'ord')) end
   t.s = 'waiting'
   t.sk = '1'
   t.ord = tostring(score)
   -- It was called once, so only the end of its day can expire it now.
   t.xp = t.eod
   t.desk = ''
-  save(t, {'s', 'sk', 'ord', 'xp', 'desk'}, 'skipped', desk)
-  redis.call('ZADD', l, score, t.id)
-  redis.call('ZADD', KEYS[2], tonumber(t.xp), t.id)
+  save(t, 'skipped', desk)
+  if last then redis.call('RPUSH', l, ref_of(t.id)) else insert_sorted(l, ref_of(t.id), score) end
+  wheel_add(t)
 end
 if redis.call('HGET', d, 'cur') == id then redis.call('HSET', d, 'cur', '') end
 remember(desk, {undo_entry(before, t)}, prev_cur, prev_streak)

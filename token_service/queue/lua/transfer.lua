@@ -17,6 +17,7 @@ detach(t)
 if t.desk ~= '' and redis.call('HGET', desk_key(t.desk), 'cur') == id then
   redis.call('HSET', desk_key(t.desk), 'cur', '')
 end
+local new_deadline = t.s == 'called'
 if t.cal ~= '' then t.xp = t.eod end
 local ord = redis.call('INCR', P .. 'ord')
 if t.p == 'emergency' then ord = ord - 1000000000000 end
@@ -24,8 +25,9 @@ t.c = target
 t.s = 'waiting'
 t.desk = ''
 t.ord = tostring(ord)
-save(t, {'c', 's', 'desk', 'ord', 'xp'}, 'transferred', desk)
-redis.call('ZADD', lane_of(t), ord, t.id)
-redis.call('ZADD', KEYS[2], tonumber(t.xp), t.id)
+save(t, 'transferred', desk)
+append(t)
+-- A waiting token keeps its deadline and its wheel entry.
+if new_deadline then wheel_add(t) end
 if desk ~= '' then remember(desk, {undo_entry(before, t)}, prev_cur, prev_streak) end
 return cjson.encode({token = t})
