@@ -9,7 +9,7 @@
 -- A token, as scripts see it, is a table of strings: id pub hip c oc d n lbl s p src abha req ord iss
 -- cal srv fin xp eod desk sk rc v. Scripts return JSON strings.
 --
--- Layout (token_service/queue/keys.py spells the same keys for Python; a waiting token costs ~130 B):
+-- Layout (token_service/queue/keys.py spells the same keys for Python; a waiting token costs ~220 B):
 --   k:<oc>:<d>:<n div 64>  hash: field <n> = the token's packed record, field 'e' = the day's end (ms).
 --                          The id, facility, origin counter, day and number are the key and field.
 --   w:<c>:p, w:<c>:n       lists of refs (`<oc>.<d>.<nnnnn>`, the id without the facility), kept in
