@@ -164,25 +164,32 @@ local function after(ord_a, ref_a, ord_b, ref_b)
   return ord_a > ord_b or (ord_a == ord_b and ref_a > ref_b)
 end
 
--- Put a ref into a lane at the place its order gives. A new token goes last (the tail check), an
--- undone call first; otherwise the lane is walked from its head.
-local function insert_sorted(key, ref, ord)
+-- Insert `item` into the ordered list `key`: last when `last_ok(tail)` holds (the common case, one
+-- read), else before the first element for which `before(element)` holds, walking from the head.
+local function insert_ordered(key, item, last_ok, before)
   local tail = redis.call('LINDEX', key, -1)
-  if not tail or not after(ord_of(tail), tail, ord, ref) then
-    redis.call('RPUSH', key, ref)
+  if not tail or last_ok(tail) then
+    redis.call('RPUSH', key, item)
     return
   end
   local start = 0
   while true do
     local chunk = redis.call('LRANGE', key, start, start + 99)
     for _, other in ipairs(chunk) do
-      if after(ord_of(other), other, ord, ref) then
-        redis.call('LINSERT', key, 'BEFORE', other, ref)
+      if before(other) then
+        redis.call('LINSERT', key, 'BEFORE', other, item)
         return
       end
     end
     start = start + 100
   end
+end
+
+-- Put a ref into a lane at the place its order gives. A new token goes last (the tail check), an
+-- undone call first; otherwise the lane is walked from its head.
+local function insert_sorted(key, ref, ord)
+  local function before(other) return after(ord_of(other), other, ord, ref) end
+  insert_ordered(key, ref, function(tail) return not before(tail) end, before)
 end
 
 -- The expiry wheel. Each entry is `<ref>@<ms into the minute>`, the deadline it was added with, and
@@ -201,22 +208,8 @@ local function wheel_add(t)
   local key = P .. 'x:' .. minute
   local entry = ref_of(t.id) .. '@' .. (xp - minute * WHEEL_MS)
   redis.call('ZADD', KEYS[2], minute, minute)
-  local tail = redis.call('LINDEX', key, -1)
-  if not tail or entry_xp(tail, minute) <= xp + 1000 then
-    redis.call('RPUSH', key, entry)
-    return
-  end
-  local start = 0
-  while true do
-    local chunk = redis.call('LRANGE', key, start, start + 99)
-    for _, other in ipairs(chunk) do
-      if entry_xp(other, minute) > xp then
-        redis.call('LINSERT', key, 'BEFORE', other, entry)
-        return
-      end
-    end
-    start = start + 100
-  end
+  insert_ordered(key, entry, function(tail) return entry_xp(tail, minute) <= xp + 1000 end,
+    function(other) return entry_xp(other, minute) > xp end)
 end
 
 -- Persist the token, bump the version and emit one event carrying the full snapshot.
