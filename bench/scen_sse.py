@@ -172,7 +172,8 @@ async def run_sse(run: Run, section: Section) -> None:
     section.notes.append(
         f"Clients: {int((1 - STATUS_SHARE) * 100)} % boards, {int(STATUS_SHARE * 100)} % patient status pages, "
         f"in {PROCESSES} client processes on the same box. Status pages get their update after the snapshot "
-        "is rebuilt (coalesced 80 ms), so their latency includes that window by design."
+        "is rebuilt: at once for an isolated call (5 ms to gather its events), at most every 80 ms while "
+        "events keep coming."
     )
     section.notes.append(f"Most clients held with board and status p99 ≤ 1 s in this run: {best} "
                          f"(ramp {list(rounds)}). worker_rss_mb: the largest worker's RSS with every client "

@@ -131,6 +131,51 @@ def test_a_worker_reads_only_the_events_of_facilities_it_serves(
         assert hub.watched == [] and hub.snapshot_of(HIP) is None and HIP not in hub.recent
 
 
+def test_a_call_reaches_status_pages_at_once_and_a_burst_rebuilds_once_per_window(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first event after a quiet spell rebuilds the snapshot at once (a status page follows the call
+    without waiting out the window); events during the `COALESCE_S` after a rebuild share the next one."""
+    monkeypatch.setattr(live, "COALESCE_S", 2.0)
+    settings = make_settings(tmp_path, redis_url)
+    seed(settings)
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        hub = hub_of(app.state.opd)
+        clerk = login_headers(server.url, "clerk")
+        issue = f"{server.url}/api/facilities/{HIP}/counters/OPD1/tokens"
+        issued = [httpx.post(issue, json={}, headers=clerk).json() for _ in range(4)]
+        call_next = f"{server.url}/api/facilities/{HIP}/desks/D1/call-next"
+        with (
+            httpx.Client(base_url=server.url, timeout=5) as http,
+            http.stream("GET", f"/api/status/{issued[3]['public_id']}/events") as stream,
+        ):
+            events = _events(stream.iter_lines())
+            assert '"position":3' in _take_until(events, "status")[-1][1]
+            wait_for(lambda: hub.listener_count == 1, 5, "the status page's listener")
+            time.sleep(2.2)  # past any window opened by the issues' events
+            builds = 0
+            build = hub._build
+
+            async def counted(*args: object, **kw: object) -> live.Snapshot:
+                nonlocal builds
+                builds += 1
+                return await build(*args, **kw)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(hub, "_build", counted)
+            started = time.monotonic()
+            assert httpx.post(call_next, headers=clerk, timeout=5).status_code == 200
+            _take_until(events, "status", '"position":2')
+            assert time.monotonic() - started < 1.0  # not after the 2 s window
+            # Two more calls inside the window: one rebuild at its end carries both.
+            for _ in range(2):
+                assert httpx.post(call_next, headers=clerk, timeout=5).status_code == 200
+            seen = _take_until(events, "status", '"position":0')
+            assert time.monotonic() - started > 1.5
+            assert not any('"position":1' in data for kind, data in seen if kind == "status")
+            assert builds == 2
+
+
 def _take_until(events: Iterator[tuple[str, str]], kind: str, text: str = "") -> list[tuple[str, str]]:
     seen = []
     for event in events:

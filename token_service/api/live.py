@@ -6,7 +6,8 @@ subscribes; a facility nobody asked about for `WATCH_IDLE_S` is dropped), and ha
 the mailboxes of its listeners, so a thousand open boards cost a thousand small mailboxes, not a thousand
 Redis connections, and a worker that only issues tokens reads no events at all.
 After an event, the facility's snapshot (now serving per desk, recent calls, waiting lines) is rebuilt
-once — coalesced over a short window — and shared by every listener. If Redis goes away the hub backs off
+once — at once for the first event of a burst, then at most every `COALESCE_S` while events keep
+coming — and shared by every listener. If Redis goes away the hub backs off
 and re-subscribes; listeners are told to go offline and, once back, to resync from a fresh snapshot
 (events published while the subscription was down are lost, so a snapshot is the only safe answer).
 
@@ -57,7 +58,8 @@ CONFIG_CHANNEL = keys.config_channel()
 WATCH_IDLE_S = 120.0  # a facility with no listener and no snapshot asked for this long is unsubscribed
 WATCH_WAIT_S = 2.0  # how long a snapshot waits for Redis to confirm a new subscription
 LISTENER_QUEUE = 256  # a client this far behind gets one "resync" instead of the backlog
-COALESCE_S = 0.08  # a burst of events (call-next = complete + call) rebuilds the snapshot once
+BURST_S = 0.005  # after the first event, how long to gather the rest of its burst before a rebuild
+COALESCE_S = 0.08  # the least time between two rebuilds of the snapshots, however many events arrive
 RECENT_KEEP = 40
 RECENT_SHOWN = 10
 CALL_KINDS = frozenset({"called", "recalled"})
@@ -467,26 +469,35 @@ class LiveHub:
     # ---- snapshots
 
     async def _refresh_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            await asyncio.sleep(COALESCE_S)
+            # One script's events (call-next: complete + call) arrive together: take them all, then
+            # rebuild at once, so a quiet queue's status pages follow a call within a few milliseconds.
+            await asyncio.sleep(BURST_S)
             self._wake.clear()
-            dirty, self._dirty = self._dirty, set()
-            for hip_id in dirty:
-                self.snapshots.pop(hip_id, None)
-                if not self.listeners.get(hip_id):
-                    continue  # nobody watching: rebuild lazily on the next request
-                try:
-                    snap = await self.snapshot(hip_id)
-                except (RedisError, OSError) as exc:
-                    log.warning("live events: snapshot of %s failed: %s", hip_id, exc)
-                    continue
-                except Exception:
-                    log.exception("live events: snapshot of %s failed", hip_id)
-                    continue
-                msg = Message("update", snapshot=snap)
-                for listener in tuple(self.listeners.get(hip_id, ())):
-                    listener.put(msg)
+            started = loop.time()
+            await self._refresh_dirty()
+            # While events keep coming, the next rebuild waits: one per COALESCE_S at most.
+            await asyncio.sleep(max(0.0, COALESCE_S - (loop.time() - started)))
+
+    async def _refresh_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for hip_id in dirty:
+            self.snapshots.pop(hip_id, None)
+            if not self.listeners.get(hip_id):
+                continue  # nobody watching: rebuild lazily on the next request
+            try:
+                snap = await self.snapshot(hip_id)
+            except (RedisError, OSError) as exc:
+                log.warning("live events: snapshot of %s failed: %s", hip_id, exc)
+                continue
+            except Exception:
+                log.exception("live events: snapshot of %s failed", hip_id)
+                continue
+            msg = Message("update", snapshot=snap)
+            for listener in tuple(self.listeners.get(hip_id, ())):
+                listener.put(msg)
 
     async def snapshot(self, hip_id: str) -> Snapshot:
         """The cached snapshot, or a fresh one (one build at a time per facility, shared by all waiters).
