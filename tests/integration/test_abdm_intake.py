@@ -462,3 +462,59 @@ async def test_redis_down_answers_503_and_gateway_can_retry(
             assert (await on_share_for(gw, rid2))[0]["tokenNumber"] in ("A1", "A2")
     finally:
         proc.cleanup()
+
+
+async def test_share_paths_bypass_the_router_and_answer_as_their_routes_do(
+    service: tuple[FastAPI, httpx.AsyncClient], gw: SandboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POSTs to the three share paths are dispatched ahead of FastAPI's router (`ShareRoutes`), and
+    answer exactly as the registered routes do: every status, error body and header, the application's
+    middleware included (body limit, security headers)."""
+    from token_service.api import abdm as abdm_api
+
+    app, client = service
+    routed: list[str] = []
+    router_call = type(app.router).__call__
+
+    async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if self is app.router:  # (the sandbox gateway in this process is a FastAPI app too)
+            routed.append(f"{scope['method']} {scope['path']}")
+        await router_call(self, scope, receive, send)
+
+    monkeypatch.setattr(type(app.router), "__call__", counting)
+    headers, body = gw.build_share("v3", HIP, "OPD1", "a@sbx")
+    no_jwt = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    requests: list[tuple[str, str, bytes, dict[str, str]]] = [
+        ("POST", V3, b"{not json", headers),
+        ("POST", V3, body, no_jwt),
+        ("POST", V3, body, {**headers, "Authorization": "Bearer not.a.jwt"}),
+        ("POST", V1, b"[]", headers),
+        ("POST", "/v0.5/patients/profile/share", b'{"requestId": 5}', headers),
+        ("POST", V3, b"{" + b" " * (65 * 1024) + b"}", headers),
+        ("POST", V3, body, {**headers, "X-HIP-ID": "no spaces allowed"}),
+        ("GET", V3, b"", headers),
+    ]
+    kept = ("content-type", "x-content-type-options", "x-frame-options", "referrer-policy",
+            "content-security-policy", "cache-control", "allow")  # fmt: skip
+
+    async def answers() -> list[tuple[int, Any, dict[str, str]]]:
+        out = []
+        for method, path, content, hdrs in requests:
+            r = await client.request(method, path, content=content, headers=hdrs)
+            out.append((r.status_code, r.json(), {k: r.headers[k] for k in kept if k in r.headers}))
+        return out
+
+    dispatched = await answers()
+    assert routed == ["GET " + V3]  # only the GET reached the router
+    assert [status for status, _, _ in dispatched] == [400, 401, 401, 400, 400, 413, 400, 405]
+    monkeypatch.setattr(abdm_api, "SHARE_PATHS", {})  # every request now takes the routes
+    routed.clear()
+    assert await answers() == dispatched
+    assert len(routed) == len(requests) - 1  # the body limit answers the 413 before any routing
+    # A valid share through either path gets its token.
+    monkeypatch.undo()
+    r, rid = await post_share(client, gw)
+    assert r.status_code == 202 and r.json() == {"status": "accepted", "requestId": rid}
+    assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
+    spec = (await client.get("/openapi.json")).json()
+    assert {V3, V1, "/v0.5/patients/profile/share"} <= set(spec["paths"])
