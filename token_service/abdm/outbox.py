@@ -42,6 +42,7 @@ from token_service.abdm.profile import PatientProfile
 from token_service.abdm.schemas import PROFILE_SHARE, ShareRequest
 from token_service.clock import Clock
 from token_service.models import OnShare, OnShareAttempt
+from token_service.queue.scripts import ScriptBatch
 from token_service.records.writer import (
     Row,
     RowOp,
@@ -392,6 +393,7 @@ class Outbox:
         self._requeue = redis.register_script(_REQUEUE_ORPHAN)
         self._is_held = redis.register_script(_IS_HELD)
         self._done = redis.register_script(_DONE)
+        self._batch = ScriptBatch(redis)  # the wake-ups and done markers of concurrent shares
         self._inflight: set[asyncio.Task[None]] = set()
         self._beat_at = -math.inf  # when our heartbeat key was last renewed (monotonic)
         self._sending: set[int] = set()  # on-share ids this worker has claimed and not yet let go
@@ -435,9 +437,10 @@ class Outbox:
             self._sending.add(on_share_id)
         woke = 0
         try:
-            woke = int(await self._wake(
-                keys=[DUE_KEY, lease_key(on_share_id), job_key(on_share_id), WAKE_KEY],
-                args=[on_share_id, _now_ms(), BEAT_PREFIX, job, self.lease_ms + JOB_MARGIN_MS, WAKE_MAX, *claim],
+            woke = int(await self._batch.call(
+                self._wake,
+                [DUE_KEY, lease_key(on_share_id), job_key(on_share_id), WAKE_KEY],
+                [on_share_id, _now_ms(), BEAT_PREFIX, job, self.lease_ms + JOB_MARGIN_MS, WAKE_MAX, *claim],
             ))  # fmt: skip
         except Exception as exc:
             log.warning("on-share %s: wake-up failed (%s); the sweep will deliver it", on_share_id, exc)
@@ -656,7 +659,7 @@ class Outbox:
         log.warning("on-share %s %s: %s", on_share_id, status, reason)
 
     async def _mark_done(self, on_share_id: int) -> None:
-        await self._done(keys=[lease_key(on_share_id), job_key(on_share_id)], args=[DONE_MS])
+        await self._batch.call(self._done, [lease_key(on_share_id), job_key(on_share_id)], [DONE_MS])
 
     async def _release(self, on_share_id: int, due_ms: int, *, retried: bool = False) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
