@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +30,7 @@ STRATEGIES = {
     "count": "count today + 1 (OpenMRS, CARE)",
 }
 Result = tuple[int, float, list[float]]
+ROUNDS = 3
 TABLES = """
 CREATE TABLE bench_seq (counter text, day date, value int NOT NULL, PRIMARY KEY (counter, day));
 CREATE TABLE bench_rowlock (id serial PRIMARY KEY, counter text, day date, number int, issued_at timestamptz);
@@ -153,8 +155,18 @@ async def run_alloc(run: Run, section: Section) -> None:
             await conn.execute("INSERT INTO bench_seq VALUES (%s, %s, 0)", (COUNTER, date.today()))
         where = {"workdir": str(workdir), "redis_url": redis_url, "url": url, "dsn": dsn}
         procs = run.sizes.workers
-        results = {
-            name: await _in_processes(key, procs, clients, seconds, where) for key, name in STRATEGIES.items()
+        # Ours and the row lock alternate over several rounds and the check takes the median of the
+        # rounds' ratios: on a shared 2-core box one 8-second run of either varies by ±20 %.
+        rounds = 1 if run.smoke else ROUNDS
+        per_round: dict[str, list[Result]] = {name: [] for name in STRATEGIES.values()}
+        for _ in range(rounds):
+            for key in ("ours", "rowlock"):
+                per_round[STRATEGIES[key]].append(await _in_processes(key, procs, clients, seconds, where))
+        for key in ("identity", "count"):
+            per_round[STRATEGIES[key]].append(await _in_processes(key, procs, clients, seconds, where))
+        results: dict[str, Result] = {
+            name: (sum(r[0] for r in rs), sum(r[1] for r in rs), [x for r in rs for x in r[2]])
+            for name, rs in per_round.items()
         }
         dupes = await _duplicates(dsn)
         for name, (done, elapsed, lat) in results.items():
@@ -162,13 +174,21 @@ async def run_alloc(run: Run, section: Section) -> None:
             section.rows.append({"strategy": name, "tokens": done, "tokens_per_s": round(done / elapsed, 1),
                                  "p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"],
                                  "duplicates": dupes[name]})  # fmt: skip
-        rate = {k: v[0] / v[1] for k, v in results.items()}
         keys = list(results)
-        ratio = rate[keys[0]] / rate[keys[1]] if rate[keys[1]] else float("inf")
-        section.check("ours ≥ 5 × the row lock", ratio >= 5, f"{ratio:.1f} ×")
+        ratios = sorted(
+            (o[0] / o[1]) / (r[0] / r[1]) if r[0] else float("inf")
+            for o, r in zip(per_round[keys[0]], per_round[keys[1]], strict=True)
+        )
+        ratio = statistics.median(ratios)
+        run.figures["alloc_ratio_rounds"] = [round(x, 2) for x in ratios]
+        section.check("ours ≥ 5 × the row lock", ratio >= 5,
+                      f"{ratio:.1f} × (median of {len(ratios)} rounds: "
+                      + ", ".join(f"{x:.1f}" for x in ratios) + ")")  # fmt: skip
         section.check("ours: 0 duplicates", dupes[keys[0]] == 0, f"{dupes[keys[0]]} duplicates")
         section.notes.append(
-            f"{clients} concurrent clients on one counter, {seconds:.0f} s each, one strategy after another; "
+            f"{clients} concurrent clients on one counter, {seconds:.0f} s a run, one strategy after another; "
+            f"ours and the row lock alternate for {rounds} rounds (the table adds their rounds up; the check "
+            "is the median of the rounds' ratios), then the identity column and count+1 run once each; "
             f"each strategy's clients are spread over {procs} client processes (the service's worker count), "
             "and for ours each process runs the service's own token code with its SQL writer and recorder, "
             f"as a worker does. count+1 produced {dupes[keys[3]]} duplicate numbers in {results[keys[3]][0]} tokens; "
