@@ -24,8 +24,10 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("SQLAlchemy statement building + compiling", r"sqlalchemy/sql/"),
     ("SQLAlchemy engine + pool (incl. pre-ping)", r"sqlalchemy/engine/|sqlalchemy/pool/"),
     ("psycopg", r"psycopg/"),
-    ("redis-py client", r"/redis/"),
-    ("Starlette/FastAPI routing and middleware", r"starlette/|fastapi/"),
+    ("redis-py client", r"\(redis/"),
+    ("Starlette/FastAPI (the share route runs inside their middleware)", r"starlette/|fastapi/"),
+    ("  of which outside the share route (middleware, routing, responses)",
+     r"^(?!.*_share \(token_service/api/abdm\.py).*(starlette/|fastapi/)"),
     ("uvicorn protocol code", r"uvicorn/protocols/http/[a-z_]+\.py:\d+\)$"),
     ("JSON (orjson/json)", r"json/|orjson"),
 )
