@@ -243,3 +243,34 @@ def test_a_stopping_service_ends_its_open_streams(tmp_path: Path, redis_url: str
             assert time.monotonic() - started < 5
     finally:
         service.stop()
+
+
+async def test_a_rebuilt_snapshot_reaches_status_pages_before_boards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a call the boards already have the call event; the status pages' only news is the rebuilt
+    snapshot, so theirs is handed out first and their streams write before the boards' updates."""
+    from types import SimpleNamespace
+
+    hub = live.LiveHub(SimpleNamespace())  # type: ignore[arg-type]
+    boards = [Listener(HIP, calls_only=True) for _ in range(20)]
+    pages = [Listener(HIP, token_id=f"{HIP}.OPD1.20261123.{i:05d}") for i in range(20)]
+    hub.listeners[HIP] = {*boards, *pages}
+    snap = object()
+
+    async def snapshot(hip_id: str) -> object:
+        return snap
+
+    monkeypatch.setattr(hub, "snapshot", snapshot)
+    order: list[Listener] = []
+    put = Listener.put
+
+    def recorded(self: Listener, msg: Message) -> None:
+        order.append(self)
+        put(self, msg)
+
+    monkeypatch.setattr(Listener, "put", recorded)
+    hub._dirty.add(HIP)
+    await hub._refresh_dirty()
+    assert len(order) == 40
+    assert set(order[:20]) == set(pages) and set(order[20:]) == set(boards)
+    for each in order:
+        assert (await each.get()).snapshot is snap

@@ -496,8 +496,15 @@ class LiveHub:
                 log.exception("live events: snapshot of %s failed", hip_id)
                 continue
             msg = Message("update", snapshot=snap)
-            for listener in tuple(self.listeners.get(hip_id, ())):
-                listener.put(msg)
+            group = tuple(self.listeners.get(hip_id, ()))
+            # Status pages first: the update is their only news of a call, while the boards had the call
+            # event itself already. Their streams then run before the boards' (larger) update writes.
+            for listener in group:
+                if listener.token_id is not None:
+                    listener.put(msg)
+            for listener in group:
+                if listener.token_id is None:
+                    listener.put(msg)
 
     async def snapshot(self, hip_id: str) -> Snapshot:
         """The cached snapshot, or a fresh one (one build at a time per facility, shared by all waiters).
