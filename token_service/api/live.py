@@ -6,8 +6,8 @@ subscribes; a facility nobody asked about for `WATCH_IDLE_S` is dropped), and ha
 the mailboxes of its listeners, so a thousand open boards cost a thousand small mailboxes, not a thousand
 Redis connections, and a worker that only issues tokens reads no events at all.
 After an event, the facility's snapshot (now serving per desk, recent calls, waiting lines) is rebuilt
-once — at once for the first event of a burst, then at most every `COALESCE_S` while events keep
-coming — and shared by every listener. If Redis goes away the hub backs off
+once — at once for the first event of a burst, then `COALESCE_S` after the previous rebuild while
+events keep coming — and shared by every listener. If Redis goes away the hub backs off
 and re-subscribes; listeners are told to go offline and, once back, to resync from a fresh snapshot
 (events published while the subscription was down are lost, so a snapshot is the only safe answer).
 
@@ -59,7 +59,7 @@ WATCH_IDLE_S = 120.0  # a facility with no listener and no snapshot asked for th
 WATCH_WAIT_S = 2.0  # how long a snapshot waits for Redis to confirm a new subscription
 LISTENER_QUEUE = 256  # a client this far behind gets one "resync" instead of the backlog
 BURST_S = 0.005  # after the first event, how long to gather the rest of its burst before a rebuild
-COALESCE_S = 0.08  # the least time between two rebuilds of the snapshots, however many events arrive
+COALESCE_S = 0.08  # from the end of one rebuild of the snapshots to the next, however many events arrive
 RECENT_KEEP = 40
 RECENT_SHOWN = 10
 CALL_KINDS = frozenset({"called", "recalled"})
@@ -469,17 +469,16 @@ class LiveHub:
     # ---- snapshots
 
     async def _refresh_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             # One script's events (call-next: complete + call) arrive together: take them all, then
             # rebuild at once, so a quiet queue's status pages follow a call within a few milliseconds.
             await asyncio.sleep(BURST_S)
             self._wake.clear()
-            started = loop.time()
             await self._refresh_dirty()
-            # While events keep coming, the next rebuild waits: one per COALESCE_S at most.
-            await asyncio.sleep(max(0.0, COALESCE_S - (loop.time() - started)))
+            # While events keep coming, the next rebuild waits COALESCE_S after this one ended, so a
+            # facility with long waiting lines (a costly rebuild) is rebuilt no more often than before.
+            await asyncio.sleep(COALESCE_S)
 
     async def _refresh_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()
