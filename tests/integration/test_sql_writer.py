@@ -27,15 +27,7 @@ from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
 from token_service.records import db
-from token_service.records.tokens import (
-    EVENT_INSERT,
-    PATIENT_ATTACH,
-    TOKEN,
-    TOKEN_UPSERT,
-    _ms,
-    event_row,
-    token_rows,
-)
+from token_service.records.tokens import EVENT_INSERT, TOKEN, TOKEN_UPSERT, _ms, event_row, token_rows
 from token_service.records.writer import SqlWriter, _pg_statement
 
 HIP = "IN0710000123"
@@ -82,14 +74,12 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
         async with running_writer(settings) as (engine, writer):
             # Three callers at once: their rows share one batch (the writer drains its queue per batch).
             patient = {"name": "रमेश कुमार", "year_of_birth": 1960}
-            a, b, c, _ = await asyncio.gather(
+            a, b, c = await asyncio.gather(
                 writer.submit_rows([*token_rows([_token(1)], patient),
                                     (ONSHARE_UPSERT, _share_row("req-1", _token(1).id, "क्षमा"))]),
                 writer.submit_rows([*token_rows([_token(2)]), (ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B"))]),
                 # the same REQUEST-ID again in the same batch: one row, both callers get its id
                 writer.submit_rows([(ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B again"))]),
-                # a second profile for the same token: the first one stored is kept
-                writer.submit_rows([(PATIENT_ATTACH, {"token_id": _token(1).id, "patient_json": {"name": "X"}})]),
             )  # fmt: skip
             id1, id2, id2_again = a[-1], b[-1], c[-1]
             assert isinstance(id1, int) and isinstance(id2, int) and id1 != id2
@@ -251,8 +241,8 @@ def test_batches_share_one_connection_until_it_breaks(
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("op", [TOKEN_UPSERT, PATIENT_ATTACH, EVENT_INSERT, AUDIT_INSERT, ONSHARE_UPSERT,
-                                ATTEMPT_INSERT, ONSHARE_OUTCOME], ids=lambda op: op.name)  # fmt: skip
+@pytest.mark.parametrize("op", [TOKEN_UPSERT, EVENT_INSERT, AUDIT_INSERT, ONSHARE_UPSERT, ATTEMPT_INSERT,
+                                ONSHARE_OUTCOME], ids=lambda op: op.name)  # fmt: skip
 def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
     """Every hot statement compiles to plain SQL for psycopg: a default SQLAlchemy would have to compute
     (or an expanding parameter) would silently send it back through the slow path."""
@@ -265,7 +255,6 @@ def test_hot_statements_take_the_psycopg_path(op: Any) -> None:
     t = _token(1)
     stmt, row = {
         "token upsert": (tokens._statement("json", "token"), {"rows": [token_rows([t])[0][1]]}),
-        "patient attach": (tokens._ATTACH_JSON, {"rows": [{"token_id": t.id, "patient_json": {"name": "क्षमा"}}]}),
         "event insert": (tokens._statement("json", "event"), {"rows": [event_row(HIP, "1-1", "called", 0, "D1", t)]}),
         "audit insert": (AUDIT.insert(), {"at": datetime.now(UTC), "actor": "a", "action": "x", "hip_id": HIP,
                                            "target": "t", "detail": None}),

@@ -14,7 +14,7 @@ from token_service.clock import from_ms
 from token_service.models import TokenEvent, TokenRecord
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records.writer import Row, RowOp, execute_rows, json_rows, json_rows_insert
+from token_service.records.writer import Row, RowOp, execute_many, execute_rows, json_rows_insert
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -143,20 +143,9 @@ _ATTACH = (
 )
 
 
-_ATTACH_ROWS = json_rows([("token_id", TOKEN.c.id.type), ("patient_json", TOKEN.c.patient.type)])
-_ATTACH_JSON = (
-    update(TOKEN)
-    .where(and_(TOKEN.c.id == _ATTACH_ROWS.c.token_id, TOKEN.c.patient.is_(None)))
-    .values(patient=_ATTACH_ROWS.c.patient_json)
-)
-
-
 async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    """The shared profile is stored once, with the token that it was shared for: the first one given."""
-    first: dict[str, Row] = {}
-    for row in rows:
-        first.setdefault(str(row["token_id"]), row)
-    await execute_rows(conn, [first[k] for k in sorted(first)], json=_ATTACH_JSON, plain=_ATTACH)
+    """The shared profile is stored once, with the token that it was shared for."""
+    await execute_many(conn, _ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
 
 
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
