@@ -38,16 +38,21 @@ def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
             kind, data = "", ""
 
 
-def test_streams_ping_carry_calls_and_release_their_listener(
-    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(board_api, "PING_S", 0.3)
+@contextlib.contextmanager
+def _serving(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServerThread, live.LiveHub, dict[str, str]]]:
+    """A seeded service on a real socket: the server, its live hub and a clerk's headers."""
     settings = make_settings(tmp_path, redis_url)
     seed(settings)
     app = create_app(settings)
     with ServerThread(app) as server:
-        hub = hub_of(app.state.opd)
-        clerk = login_headers(server.url, "clerk")
+        yield server, hub_of(app.state.opd), login_headers(server.url, "clerk")
+
+
+def test_streams_ping_carry_calls_and_release_their_listener(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(board_api, "PING_S", 0.3)
+    with _serving(tmp_path, redis_url) as (server, hub, clerk):
         issued = [
             httpx.post(
                 f"{server.url}/api/facilities/{HIP}/counters/OPD1/tokens", json={}, headers=clerk
@@ -137,12 +142,7 @@ def test_a_call_reaches_status_pages_at_once_and_a_burst_rebuilds_once_per_windo
     """The first event after a quiet spell rebuilds the snapshot at once (a status page follows the call
     without waiting out the window); events during the `COALESCE_S` after a rebuild share the next one."""
     monkeypatch.setattr(live, "COALESCE_S", 2.0)
-    settings = make_settings(tmp_path, redis_url)
-    seed(settings)
-    app = create_app(settings)
-    with ServerThread(app) as server:
-        hub = hub_of(app.state.opd)
-        clerk = login_headers(server.url, "clerk")
+    with _serving(tmp_path, redis_url) as (server, hub, clerk):
         issue = f"{server.url}/api/facilities/{HIP}/counters/OPD1/tokens"
         issued = [httpx.post(issue, json={}, headers=clerk).json() for _ in range(4)]
         call_next = f"{server.url}/api/facilities/{HIP}/desks/D1/call-next"
