@@ -80,16 +80,20 @@ class ScriptBatch:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        reload: list[Call] = []
         for call, answer in zip(batch, answers, strict=True):
             fut = call[3]
             if fut.done():  # the caller went away (its request was cancelled)
                 continue
             if isinstance(answer, NoScriptError):
-                await self._alone(call)
+                reload.append(call)
             elif isinstance(answer, BaseException):
                 fut.set_exception(answer)
             else:
                 fut.set_result(answer)
+        # Answered first, the others do not wait for these: after a Redis restart each goes by itself,
+        # all at once, and redis-py loads the script.
+        await asyncio.gather(*(self._alone(call) for call in reload))
 
     @staticmethod
     async def _alone(call: Call) -> None:
