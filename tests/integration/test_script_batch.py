@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -92,7 +94,9 @@ async def test_a_caller_that_went_away_does_not_hold_up_the_others(redis: Redis)
 
 async def test_a_lost_connection_fails_every_call_of_its_batch_and_the_next_batch_recovers() -> None:
     proc = RedisProc().start()
-    client = Redis.from_url(proc.url, decode_responses=True, socket_connect_timeout=1)
+    # As the service's client: a connection the restart closed is retried once on a fresh one.
+    retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
+    client = Redis.from_url(proc.url, decode_responses=True, socket_connect_timeout=1, retry=retry)
     try:
         echo = client.register_script(ECHO)
         batch = ScriptBatch(client)
