@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,13 +34,18 @@ from token_service.records.writer import SqlWriter, _pg_statement
 HIP = "IN0710000123"
 
 
+# Tokens are issued now (to the second): the SQL upsert fills identity only into rows issued within the
+# live queue's lifetime, by the database's clock.
+T0 = int(time.time()) * 1000
+
+
 def _token(n: int, *, version: int = 1, status: Status = Status.WAITING, desk: str | None = None) -> Token:
     return Token(
         id=f"{HIP}.OPD1.20261122.{n:05d}", public_id=f"pub{n}", hip_id=HIP, counter="OPD1",
         origin_counter="OPD1", local_date="20261122", number=n, label=f"A{n}", status=status,
         priority=Priority.NORMAL, source=Source.SCAN_SHARE, abha_address=f"p{n}@sbx", request_id=f"req-{n}",
-        order=float(n), issued_ms=1_795_000_000_000 + n, called_ms=None, served_ms=None, finished_ms=None,
-        expires_ms=1_795_001_800_000, day_end_ms=1_795_050_000_000, desk=desk, skips=0, recalls=0,
+        order=float(n), issued_ms=T0 + n, called_ms=None, served_ms=None, finished_ms=None,
+        expires_ms=T0 + 1_800_000, day_end_ms=T0 + 50_000_000, desk=desk, skips=0, recalls=0,
         version=version,
     )  # fmt: skip
 
@@ -95,8 +101,8 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
             await writer.submit_rows([*token_rows([called]), (TOKEN_UPSERT, token_rows([_token(2)])[0][1])])
             at = datetime.now(UTC)
             await writer.submit_rows([
-                (EVENT_INSERT, event_row(HIP, "1-1", "called", 1_795_000_100_000, "D1", called)),
-                (EVENT_INSERT, event_row(HIP, "1-1", "called", 1_795_000_100_000, "D1", called)),  # redelivered
+                (EVENT_INSERT, event_row(HIP, "1-1", "called", T0 + 100_000, "D1", called)),
+                (EVENT_INSERT, event_row(HIP, "1-1", "called", T0 + 100_000, "D1", called)),  # redelivered
                 (AUDIT_INSERT, {"at": at, "actor": "clerk", "action": "call_next", "hip_id": HIP, "target": called.id}),
                 (ATTEMPT_INSERT, {"on_share_id": id1, "at": at, "outbound_request_id": "out-1", "status_code": 202,
                                   "ok": True, "error": None, "duration_ms": 12}),
@@ -113,7 +119,7 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
                     await conn.execute(text("SELECT on_share_id, ok, status_code FROM on_share_attempt"))
                 ).all()
             assert toks[1].patient == patient and toks[2].patient is None
-            assert toks[1].label == "A1" and _ms(toks[1].issued_at) == 1_795_000_000_001
+            assert toks[1].label == "A1" and _ms(toks[1].issued_at) == T0 + 1
             assert (toks[2].status, toks[2].version, toks[2].desk) == ("called", 2, "D1")
             assert set(shares) == {"req-1", "req-2"}
             assert shares["req-1"].payload == {
@@ -316,7 +322,7 @@ def test_statements_compile_once(tmp_path: Path, postgres_database_url: str, red
                 at = datetime.now(UTC)
                 await writer.submit_rows([
                     *token_rows([t], {"name": "x"}),
-                    (EVENT_INSERT, event_row(HIP, f"1-{n}", "issued", 1_795_000_000_000, "", t)),
+                    (EVENT_INSERT, event_row(HIP, f"1-{n}", "issued", T0, "", t)),
                     (AUDIT_INSERT, {"at": at, "actor": "clerk", "action": "issue", "hip_id": HIP, "target": t.id}),
                     (ATTEMPT_INSERT, {"on_share_id": oid, "at": at, "outbound_request_id": "o", "status_code": 202,
                                       "ok": True, "error": None, "duration_ms": 1}),

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from token_service.clock import from_ms
 from token_service.models import TokenEvent, TokenRecord
+from token_service.queue import keys
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
 from token_service.records.writer import Row, RowOp, execute_many, execute_rows, json_rows_insert
@@ -24,7 +25,8 @@ EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
 # record leaves them out): a row first written from another state gets them from a later write that
 # carries them, if that write is of the same or a newer version or the row still holds the patient's
 # snapshot. A row whose personal data the retention purge cleared is never filled in again, not even
-# by a late copy of its issue event.
+# by a late copy of its issue event: only rows issued within the live queue's lifetime (the purge's
+# floor) are filled at all.
 _IDENTITY = ("abha_address", "request_id")
 _MUTABLE = (
     "counter", "status", "priority", "desk", "skips", "recalls", "order", "version", "called_at",
@@ -75,6 +77,14 @@ _TOKEN_COLUMNS = tuple(c.name for c in TOKEN.columns if c.name != "patient")
 _EVENT_COLUMNS = tuple(c.name for c in EVENT.columns if c.name != "id")
 
 
+def _live_since(flavour: str) -> Any:
+    """The database's own clock less the live queue's lifetime (`keys.TOKEN_TTL_S`, also the retention
+    purge's floor): a row issued before it can have been purged."""
+    if flavour == "sqlite":  # DateTime is stored as UTC text, comparable with SQLite's datetime()
+        return func.datetime("now", f"-{keys.TOKEN_TTL_S} seconds")
+    return func.now() - literal_column(f"interval '{keys.TOKEN_TTL_S} seconds'")
+
+
 def _statement(flavour: str, kind: str) -> Any:
     """The token upsert (`kind` "token") or history insert ("event"), built once per flavour: "json" for
     PostgreSQL through psycopg (a batch's rows as one JSON parameter, see `execute_json_rows`), else the
@@ -94,7 +104,10 @@ def _statement(flavour: str, kind: str) -> Any:
             ins = (postgresql.insert if flavour == "postgresql" else sqlite.insert)(table)
         if kind == "token":
             newer = TOKEN.c.version < ins.excluded.version
-            fill = or_(TOKEN.c.version <= ins.excluded.version, TOKEN.c.patient.isnot(None))
+            fill = and_(
+                or_(TOKEN.c.version <= ins.excluded.version, TOKEN.c.patient.isnot(None)),
+                TOKEN.c.issued_at > _live_since(flavour),
+            )
             set_: dict[str, Any] = {c: case((newer, ins.excluded[c]), else_=TOKEN.c[c]) for c in _MUTABLE}
             set_.update({c: case((fill, func.coalesce(TOKEN.c[c], ins.excluded[c])), else_=TOKEN.c[c])
                          for c in _IDENTITY})  # fmt: skip
