@@ -224,7 +224,7 @@ async def test_masked_names_on_the_board_only(tmp_path: Path, redis_url: str, da
             }
             assert update.snapshot.public()["desks"] == body["desks"]
 
-            # A recall's call event carries the masked name too (the first call's arrives with the update).
+            # A recall's call event carries the masked name too.
             await client.post(f"/api/tokens/{card['id']}/recall", headers=clerk)
             call = await _next_event(listener, "recalled")
             snap = await hub.snapshot(HIP)

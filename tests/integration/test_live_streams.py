@@ -7,11 +7,14 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -274,3 +277,116 @@ async def test_a_rebuilt_snapshot_reaches_status_pages_before_boards(monkeypatch
     assert set(order[:20]) == set(pages) and set(order[20:]) == set(boards)
     for each in order:
         assert (await each.get()).snapshot is snap
+
+
+def _call_event(n: int, kind: str = "called", counter: str = "OPD1") -> bytes:
+    """A queue event as the Lua scripts publish it (token fields as `Token.from_fields` reads them)."""
+    token = {"id": f"{HIP}.{counter}.20261123.{n:05d}", "pub": f"pub{n}", "hip": HIP, "c": counter,
+             "oc": counter, "d": "2026-11-23", "n": n, "lbl": f"A{n}", "s": "called", "p": "normal",
+             "src": "walk_in", "ord": n, "iss": 1, "cal": 2, "xp": 9, "eod": 9, "desk": "D1", "sk": 0,
+             "rc": 0, "v": 3}  # fmt: skip
+    return orjson.dumps({"k": kind, "at": 2, "desk": "D1", "t": token})
+
+
+def _hub_with_listeners(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[live.LiveHub, list[Listener], Listener, object]:
+    """A hub (no Redis) with two boards and the status page of token 1; its rebuild returns `snap`."""
+    from types import SimpleNamespace
+
+    hub = live.LiveHub(SimpleNamespace())  # type: ignore[arg-type]
+    boards = [Listener(HIP, calls_only=True) for _ in range(2)]
+    page = Listener(HIP, token_id=f"{HIP}.OPD1.20261123.00001")
+    hub.listeners[HIP] = {*boards, page}
+    snap = object()
+
+    async def snapshot(hip_id: str) -> object:
+        return snap
+
+    monkeypatch.setattr(hub, "snapshot", snapshot)
+    return hub, boards, page, snap
+
+
+async def test_a_boards_call_waits_for_the_rebuild_and_travels_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a rebuild is due, a call reaches the boards with the rebuilt snapshot, in one batch (the
+    stream writes it as one chunk); the called patient's own status page has the call at once."""
+    hub, boards, page, snap = _hub_with_listeners(monkeypatch)
+    channel = keys.live_channel(HIP)
+    hub._on_message(channel, _call_event(1))
+    hub._on_message(channel, _call_event(2, "recalled"))
+    assert [m.token.number for m in await asyncio.wait_for(page.get_batch(), 1)] == [1]  # type: ignore[union-attr]
+    for board in boards:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(board.get_batch(), 0.01)
+    await hub._refresh_dirty()
+    for board in boards:
+        batch = await asyncio.wait_for(board.get_batch(), 1)
+        assert [(m.kind, m.event) for m in batch] == [
+            ("event", "called"),
+            ("event", "recalled"),
+            ("update", ""),
+        ]
+        assert batch[-1].snapshot is snap
+    assert [m.snapshot for m in await page.get_batch()] == [snap]
+    assert hub._held == {} and hub._hold_timer is None
+
+
+async def test_held_calls_reach_boards_without_a_rebuild_after_hold_max(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild that is late (or never comes) holds a board's call no longer than HOLD_MAX_S; events
+    after the refresh loop started its rebuild are not held."""
+    monkeypatch.setattr(live, "HOLD_MAX_S", 0.05)
+    hub, boards, _, _ = _hub_with_listeners(monkeypatch)
+    channel = keys.live_channel(HIP)
+    started = asyncio.get_running_loop().time()
+    hub._on_message(channel, _call_event(1))
+    batch = await asyncio.wait_for(boards[0].get_batch(), 1)
+    assert [m.token.number for m in batch] == [1]  # type: ignore[union-attr]
+    assert 0.04 < asyncio.get_running_loop().time() - started < 0.5
+    hub._gathering = False  # a rebuild is under way: later events go out at once
+    hub._on_message(channel, _call_event(2))
+    assert [m.token.number for m in await asyncio.wait_for(boards[1].get_batch(), 0.01)] == [1, 2]  # type: ignore[union-attr]
+
+
+def _read_chunk(reader: BinaryIO) -> bytes:
+    """One chunk of a chunked HTTP body as it was written (the stream writes one chunk per write)."""
+    size = int(reader.readline().strip(), 16)
+    data = reader.read(size + 2)
+    return data[:-2]
+
+
+def test_a_board_writes_a_call_and_its_rebuilt_snapshot_as_one_chunk(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One write per board per call, not two: the call and the update rebuilt after it travel in one
+    chunk, and the call already carries the called patient's masked name (the rebuilt snapshot has it)."""
+    with _serving(tmp_path, redis_url) as (server, hub, clerk):
+        admin = login_headers(server.url, "admin")
+        r = httpx.patch(f"{server.url}/api/admin/facilities/{HIP}/settings", json={"board_names": True},
+                        headers=admin)  # fmt: skip
+        assert r.status_code == 200
+        issue = f"{server.url}/api/facilities/{HIP}/counters/OPD1/tokens"
+        assert httpx.post(issue, json={"name": "Ramesh Kumar"}, headers=clerk).status_code == 201
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"GET /api/facilities/{HIP}/board/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            while reader.readline() != b"\r\n":
+                pass
+            assert _read_chunk(reader).startswith(b"id: ")  # the snapshot
+            wait_for(lambda: hub.listener_count == 1, 5, "the board's listener")
+            time.sleep(0.3)  # past the rebuild window the issue opened
+            r = httpx.post(f"{server.url}/api/facilities/{HIP}/desks/D1/call-next", headers=clerk, timeout=5)
+            assert r.status_code == 200
+            for _ in range(10):
+                chunk = _read_chunk(reader)
+                if b"event: call" in chunk:
+                    break
+            events = [block.split(b"\r\n")[-2:] for block in chunk.split(b"\r\n\r\n") if block]
+            assert [kind for kind, _ in events] == [b"event: call", b"event: update"]
+            call = orjson.loads(events[0][1].removeprefix(b"data: "))
+            assert (call["label"], call["desk"], call["name"]) == ("A1", "D1", "R**** K****")

@@ -175,40 +175,54 @@ def _stream(content: AsyncIterator[bytes]) -> StreamingResponse:
 async def _board_stream(
     hub: LiveHub, hip_id: str, only: frozenset[str] | None, anonymous: bool = True
 ) -> AsyncIterator[bytes]:
-    """Every item is bytes encoded once per worker and shared by all listeners with the same filter."""
+    """Every item is bytes encoded once per worker and shared by all listeners with the same filter; the
+    messages waiting together are written as one chunk (a call and the rebuilt snapshot after it)."""
     async with hub.listen(hip_id, calls_only=True, counters=only, ping_s=PING_S) as listener:
         snap = await _fresh_snapshot(hub, hip_id)
         if snap is None:
             return
         yield snap.sse("snapshot", only)
         while True:
-            msg = await listener.get()
-            if msg is PING:
-                yield _PING
-            elif msg.kind == "event" and msg.token is not None and msg.event in CALL_KINDS:
-                if only is None or msg.token.counter in only:
-                    yield msg.call_sse(snap)
-            elif msg.kind == "update" and msg.snapshot is not None:
-                snap = msg.snapshot
-                yield snap.sse("update", only)
-            elif msg.kind == "offline":
-                yield _OFFLINE
-            elif msg.kind == "resync":
-                fresh = await _fresh_snapshot(hub, hip_id)
-                if fresh is None:
-                    return
-                snap = fresh
-                yield snap.sse("snapshot", only)
-            elif msg.kind == "config" and anonymous:
-                # The admin may have just required a board device token: an anonymous stream ends (the
-                # page reconnects and is refused) instead of showing the board until the next restart.
-                try:
-                    still_public = board_is_public(hub.state, await hub.state.directory.get(hip_id))
-                except Exception:
-                    continue
-                if not still_public:
-                    return
-            elif msg.kind == "closed":
+            batch = await listener.get_batch()
+            # A call is drawn with the newest snapshot of its batch: the one rebuilt after the call knows
+            # the called patient's masked name.
+            newest = next((m.snapshot for m in reversed(batch) if m.kind == "update" and m.snapshot), snap)
+            out: list[bytes] = []
+            ended = False
+            for msg in batch:
+                if msg is PING:
+                    out.append(_PING)
+                elif msg.kind == "event" and msg.token is not None and msg.event in CALL_KINDS:
+                    if only is None or msg.token.counter in only:
+                        out.append(msg.call_sse(newest))
+                elif msg.kind == "update" and msg.snapshot is not None:
+                    snap = msg.snapshot
+                    out.append(snap.sse("update", only))
+                elif msg.kind == "offline":
+                    out.append(_OFFLINE)
+                elif msg.kind == "resync":
+                    fresh = await _fresh_snapshot(hub, hip_id)
+                    if fresh is None:
+                        ended = True
+                        break
+                    snap = newest = fresh
+                    out.append(snap.sse("snapshot", only))
+                elif msg.kind == "config" and anonymous:
+                    # The admin may have just required a board device token: an anonymous stream ends (the
+                    # page reconnects and is refused) instead of showing the board until the next restart.
+                    try:
+                        still_public = board_is_public(hub.state, await hub.state.directory.get(hip_id))
+                    except Exception:
+                        continue
+                    if not still_public:
+                        ended = True
+                        break
+                elif msg.kind == "closed":
+                    ended = True
+                    break
+            if out:
+                yield b"".join(out)
+            if ended:
                 return
 
 
@@ -344,6 +358,8 @@ async def token_status_events(public_id: PublicId, state: deps.StateDep) -> Stre
 
 
 async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIterator[bytes]:
+    """The token's status, written again only when what the page shows changed; the messages waiting
+    together give one status (the last state), written as one chunk with any ping or offline notice."""
     async with hub.listen(token.hip_id, token_id=token.id, ping_s=PING_S) as listener:
         snap = await _fresh_snapshot(hub, token.hip_id)
         if snap is None:
@@ -351,31 +367,44 @@ async def _status_stream(state: AppState, hub: LiveHub, token: Token) -> AsyncIt
         _, last = await status_event(state, token, snap)
         yield last
         while True:
-            msg = await listener.get()
-            if msg is PING:
-                yield _PING
-                continue
-            if msg.kind == "event" and msg.token is not None and msg.token.id == token.id:
-                token = msg.token
-            elif msg.kind == "update" and msg.snapshot is not None:
-                snap = msg.snapshot
-            elif msg.kind in ("resync", "offline"):
-                if msg.kind == "offline":
-                    yield _OFFLINE
-                    continue
-                fresh = await _fresh_snapshot(hub, token.hip_id)
-                if fresh is None:
-                    return
-                snap = fresh
-                token = await lookup_of(state).token(token.public_id)
-            elif msg.kind == "closed":
+            batch = await listener.get_batch()
+            out: list[bytes] = []
+            changed = ended = False
+            for msg in batch:
+                if msg is PING:
+                    out.append(_PING)
+                elif msg.kind == "event" and msg.token is not None and msg.token.id == token.id:
+                    token, changed = msg.token, True
+                elif msg.kind == "update" and msg.snapshot is not None:
+                    snap, changed = msg.snapshot, True
+                elif msg.kind == "offline":
+                    if changed:  # what the page should show before it goes offline
+                        last, changed = await _status_into(out, state, token, snap, last), False
+                    out.append(_OFFLINE)
+                elif msg.kind == "resync":
+                    fresh = await _fresh_snapshot(hub, token.hip_id)
+                    if fresh is None:
+                        ended = True
+                        break
+                    snap, changed = fresh, True
+                    token = await lookup_of(state).token(token.public_id)
+                elif msg.kind == "closed":
+                    ended = True
+                    break
+            if changed and not ended:
+                last = await _status_into(out, state, token, snap, last)
+            if out:
+                yield b"".join(out)
+            if ended:
                 return
-            else:
-                continue
-            _, encoded = await status_event(state, token, snap)
-            if encoded != last:  # same bytes as last time: nothing the page shows has changed
-                last = encoded
-                yield encoded
+
+
+async def _status_into(out: list[bytes], state: AppState, token: Token, snap: Snapshot, last: bytes) -> bytes:
+    """Append the token's status event unless the page already shows those bytes; returns them."""
+    _, encoded = await status_event(state, token, snap)
+    if encoded != last:  # same bytes as last time: nothing the page shows has changed
+        out.append(encoded)
+    return encoded
 
 
 def _end_streams_on_exit(hub: LiveHub) -> list[tuple[int, Any]]:

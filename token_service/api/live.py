@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -60,6 +59,7 @@ WATCH_WAIT_S = 2.0  # how long a snapshot waits for Redis to confirm a new subsc
 LISTENER_QUEUE = 256  # a client this far behind gets one "resync" instead of the backlog
 BURST_S = 0.005  # after the first event, how long to gather the rest of its burst before a rebuild
 COALESCE_S = 0.08  # from the end of one rebuild of the snapshots to the next, however many events arrive
+HOLD_MAX_S = 0.05  # the longest a board's call event waits for the rebuilt snapshot it travels with
 RECENT_KEEP = 40
 RECENT_SHOWN = 10
 CALL_KINDS = frozenset({"called", "recalled"})
@@ -185,10 +185,13 @@ class Listener:
 
     A listener is held by every open board and status page, thousands per worker, so it is a list and
     one future rather than an `asyncio.Queue` (four deques and an event, ~3 KB). With `ping_s`, `get()`
-    also hands out `PING` every `ping_s` seconds: pages treat 40 s of silence as a dead connection.
+    also hands out `PING` every `ping_s` seconds: pages treat 40 s of silence as a dead connection. The
+    pings come from one timer per listener that re-arms itself, not from a timer armed for every wait
+    (which cost a worker about a tenth of its time in a fan-out to thousands of streams).
     """
 
-    __slots__ = ("_items", "_ping_at", "_ping_s", "_waiter", "calls_only", "counters", "hip_id", "token_id")
+    __slots__ = ("_items", "_ping_due", "_ping_s", "_ping_timer", "_waiter", "calls_only", "counters",
+                 "hip_id", "token_id")  # fmt: skip
 
     def __init__(
         self, hip_id: str, *, calls_only: bool = False, counters: frozenset[str] | None = None,
@@ -201,7 +204,20 @@ class Listener:
         self._items: list[Message] = []
         self._waiter: asyncio.Future[None] | None = None
         self._ping_s = ping_s
-        self._ping_at = asyncio.get_running_loop().time() + ping_s if ping_s else math.inf
+        self._ping_due = False
+        self._ping_timer = asyncio.get_running_loop().call_later(ping_s, self._ping) if ping_s else None
+
+    def close(self) -> None:
+        """Stop the pings (the stream is gone)."""
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping(self) -> None:
+        assert self._ping_s is not None
+        self._ping_due = True
+        self._ping_timer = asyncio.get_running_loop().call_later(self._ping_s, self._ping)
+        self._wake()
 
     def wants(self, msg: Message) -> bool:
         """Whether a queue event (kind "event") concerns this stream at all."""
@@ -220,32 +236,40 @@ class Listener:
         else:
             # A slow client: drop its backlog and let it start over from a snapshot.
             self._items = [Message("resync")]
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def get(self) -> Message:
         """The next message in arrival order, or `PING` when a ping is due first."""
-        loop = asyncio.get_running_loop()
+        if await self._ping_or_message():
+            return PING
+        return self._items.pop(0)
+
+    async def get_batch(self) -> list[Message]:
+        """Every waiting message in arrival order (at least one), or `[PING]` when a ping is due first.
+        A stream writes a batch as one chunk: one write for a call and the update that follows it."""
+        if await self._ping_or_message():
+            return [PING]
+        items, self._items = self._items, []
+        return items
+
+    async def _ping_or_message(self) -> bool:
+        """Wait until a ping is due (True) or a message waits (False)."""
         while True:
-            if loop.time() >= self._ping_at:
-                self._ping_at = loop.time() + (self._ping_s or math.inf)
-                return PING
+            if self._ping_due:
+                self._ping_due = False
+                return True
             if self._items:
-                return self._items.pop(0)
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_at(self._ping_at, _release, waiter) if self._ping_s else None
+                return False
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 PING = Message("ping")
@@ -262,6 +286,12 @@ class LiveHub:
         self.events_seen = 0
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
+        # While the refresh loop is idle or gathering a burst, a rebuild is due within BURST_S: boards'
+        # events wait for it in `_held` (at most HOLD_MAX_S), and each board then writes its call and
+        # the rebuilt snapshot as one chunk instead of two, and after the status pages' updates.
+        self._gathering = True
+        self._held: dict[str, list[Message]] = {}
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._build_locks: dict[str, asyncio.Lock] = {}
         self._names: dict[str, tuple[str, float]] = {}  # token id -> (masked name, looked up at)
@@ -303,6 +333,7 @@ class LiveHub:
             await self._watch(hip_id)
             yield listener
         finally:
+            listener.close()
             group = self.listeners.get(hip_id)
             if group is not None:
                 group.discard(listener)
@@ -448,9 +479,34 @@ class LiveHub:
             entry = CallEntry.of(token, desk, at_ms, recall=kind == "recalled")
             self.recent[hip_id].appendleft(entry)
         msg = Message("event", token=token, event=kind, desk=desk, at_ms=at_ms)
-        for listener in tuple(self.listeners.get(hip_id, ())):
-            if listener.wants(msg):
+        group = self.listeners.get(hip_id)
+        if not group:
+            return
+        # Once one event of a facility is held, the rest are too, until the rebuild: boards keep the order.
+        hold = hip_id in self._held or self._gathering
+        if hold:
+            self._hold(hip_id, msg)
+        for listener in tuple(group):
+            if listener.wants(msg) and not (hold and listener.token_id is None):
                 listener.put(msg)
+
+    def _hold(self, hip_id: str, msg: Message) -> None:
+        self._held.setdefault(hip_id, []).append(msg)
+        if self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(HOLD_MAX_S, self._release_held)
+
+    def _release_held(self, hip_id: str | None = None) -> None:
+        """Hand held events to the boards (of one facility, or all when the rebuild is late)."""
+        for hip in [hip_id] if hip_id is not None else list(self._held):
+            held = self._held.pop(hip, ())
+            for listener in tuple(self.listeners.get(hip, ())) if held else ():
+                if listener.token_id is None:
+                    for msg in held:
+                        if listener.wants(msg):
+                            listener.put(msg)
+        if not self._held and self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
 
     def _on_config(self, hip_id: str) -> None:
         """An admin changed the facility: forget its config here, rebuild the board, tell the streams."""
@@ -462,6 +518,7 @@ class LiveHub:
         self._wake.set()
 
     def _broadcast_all(self, msg: Message) -> None:
+        self._release_held()  # what happened before the notice reaches the boards before it
         for group in tuple(self.listeners.values()):
             for listener in tuple(group):
                 listener.put(msg)
@@ -470,12 +527,17 @@ class LiveHub:
 
     async def _refresh_loop(self) -> None:
         while True:
+            self._gathering = True
             await self._wake.wait()
             # One script's events (call-next: complete + call) arrive together: take them all, then
             # rebuild at once, so a quiet queue's status pages follow a call within a few milliseconds.
             await asyncio.sleep(BURST_S)
             self._wake.clear()
-            await self._refresh_dirty()
+            self._gathering = False
+            try:
+                await self._refresh_dirty()
+            finally:
+                self._release_held()  # held for a facility whose rebuild was skipped or failed
             # While events keep coming, the next rebuild waits COALESCE_S after this one ended, so a
             # facility with long waiting lines (a costly rebuild) is rebuilt no more often than before.
             await asyncio.sleep(COALESCE_S)
@@ -490,17 +552,20 @@ class LiveHub:
                 snap = await self.snapshot(hip_id)
             except (RedisError, OSError) as exc:
                 log.warning("live events: snapshot of %s failed: %s", hip_id, exc)
+                self._release_held(hip_id)
                 continue
             except Exception:
                 log.exception("live events: snapshot of %s failed", hip_id)
+                self._release_held(hip_id)
                 continue
             msg = Message("update", snapshot=snap)
             group = tuple(self.listeners.get(hip_id, ()))
-            # Status pages first: the update is their only news of a call, while the boards had the call
-            # event itself already. Their streams then run before the boards' (larger) update writes.
+            # Status pages first: the update is their only news of a call. Their streams then run before
+            # the boards', which write the held call events and this update together.
             for listener in group:
                 if listener.token_id is not None:
                     listener.put(msg)
+            self._release_held(hip_id)
             for listener in group:
                 if listener.token_id is None:
                     listener.put(msg)

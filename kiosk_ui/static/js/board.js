@@ -109,7 +109,8 @@
   }
 
   function knownName(call) {
-    // A first call arrives before its masked name (the update right after carries it); a recall has it.
+    // A call normally comes with the snapshot rebuilt after it, which names the patient; one sent ahead
+    // of a late rebuild has no name yet (the update right after carries it); a recall has it.
     var seen = state.desks.map(function (d) { return d.now; }).concat(state.recent).filter(function (c) {
       return c && c.label === call.label && c.counter === call.counter && c.name;
     })[0];
