@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -518,3 +519,38 @@ async def test_share_paths_bypass_the_router_and_answer_as_their_routes_do(
     assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
     spec = (await client.get("/openapi.json")).json()
     assert {V3, V1, "/v0.5/patients/profile/share"} <= set(spec["paths"])
+
+
+def test_the_202_does_not_wait_for_the_on_shares_wake_up(
+    settings: Settings, gw: SandboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The acknowledgement promises a committed token, profile and on-share row, nothing more: it is
+    sent before the outbox's wake-up runs (here held back), and the on-share follows the wake-up."""
+    from tests.support.servers import ServerThread
+    from token_service.abdm.outbox import Outbox
+    from token_service.app import create_app
+
+    entered, gate = threading.Event(), threading.Event()
+    wake = Outbox.wake
+
+    async def held(self: Outbox, *args: Any) -> None:
+        entered.set()
+        await asyncio.to_thread(gate.wait, 10)
+        await wake(self, *args)
+
+    monkeypatch.setattr(Outbox, "wake", held)
+    with ServerThread(create_app(settings)) as server:
+        rid = str(uuid.uuid4())
+        headers, body = gw.build_share("v3", HIP, "OPD1", "ramesh.k1979@sbx", request_id=rid)
+        r = httpx.post(f"{server.url}{V3}", content=body, headers=headers, timeout=5)
+        assert r.status_code == 202, r.text
+        assert not gate.is_set()  # answered while the wake-up is still held
+        assert entered.wait(5)  # ... which then runs, after the answer
+        (token,) = sql_rows(settings, "select number, request_id from token")
+        assert (token.number, token.request_id) == (1, rid)  # committed before the 202
+        assert not [s for s in gw.on_shares() if s.get("requestId") == rid]
+        gate.set()
+        deadline = time.monotonic() + 5
+        while not [s for s in gw.on_shares() if s.get("requestId") == rid and s["answered"] == 202]:
+            assert time.monotonic() < deadline, "the on-share did not follow the wake-up"
+            time.sleep(0.02)

@@ -40,6 +40,7 @@ class IntakeResult:
     outcome: str  # created | duplicate | rescan | rejected
     token: Token | None
     error: tuple[str, str] | None
+    entry: OutboxEntry  # the on-share owed, committed; `ShareIntake.wake` makes it due
 
 
 class ShareIntake:
@@ -69,6 +70,9 @@ class ShareIntake:
         Redis or SQL trouble propagates (the caller answers 503 and the gateway retries the same
         REQUEST-ID, which yields the same token). A share we cannot serve is still acknowledged and
         recorded, with an error on-share so the patient's app says why instead of timing out.
+
+        The on-share is not made due here: the caller calls `wake` once the acknowledgement is on its
+        way (nothing committed depends on it, and a lost wake-up is found by the outbox's sweep).
         """
         started = time.perf_counter()
         token: Token | None = None
@@ -104,9 +108,13 @@ class ShareIntake:
             (on_share_id,) = await self.tokens.persist([token], patient, also=[self.outbox.row(entry)])
         else:
             on_share_id = await self.outbox.record(entry)
-        await self.outbox.wake(on_share_id, entry)
         SHARES.labels(share.version, outcome).inc()
         INTAKE_LATENCY.observe(time.perf_counter() - started)
         if error is not None:
             log.info("share %s for %s/%s refused: %s", share.request_id, hip_id, share.counter_code, error[1])
-        return IntakeResult(on_share_id, outcome, token, error)
+        return IntakeResult(on_share_id, outcome, token, error, entry)
+
+    async def wake(self, result: IntakeResult) -> None:
+        """Make the accepted share's on-share due now; this worker starts sending it when it has room.
+        Never raises: the outbox's sweep delivers an on-share whose wake-up was lost."""
+        await self.outbox.wake(result.on_share_id, result.entry)

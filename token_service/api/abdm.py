@@ -14,6 +14,7 @@ import httpx
 from fastapi import APIRouter, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette._exception_handler import wrap_app_handling_exceptions
+from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from token_service.abdm.gateway import GatewayClient
@@ -126,9 +127,15 @@ async def _share(request: Request, state: AppState, version: Literal["v3", "v1",
             raise PayloadTooLarge(exc.message) from exc
         raise BadRequest(exc.message, code=exc.code) from exc
     hip_id = _facility_id(request.headers.get("x-hip-id"), share.hip_id)
-    await runtime.intake.accept(share, hip_id)
-    # Deliberately nothing about the token here: the gateway learns it from the on-share.
-    return JSONResponse({"status": "accepted", "requestId": share.request_id}, status_code=202)
+    result = await runtime.intake.accept(share, hip_id)
+    # Deliberately nothing about the token here: the gateway learns it from the on-share. The on-share
+    # is made due once the 202 is sent: the acknowledgement waits only for what it promises (token,
+    # profile and on-share committed), not for the outbox's Redis round trip as well.
+    return JSONResponse(
+        {"status": "accepted", "requestId": share.request_id},
+        status_code=202,
+        background=BackgroundTask(runtime.intake.wake, result),
+    )
 
 
 _SHARE_DOC: dict[str, Any] = {
