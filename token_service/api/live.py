@@ -487,7 +487,7 @@ class LiveHub:
         if hold:
             self._hold(hip_id, msg)
         for listener in tuple(group):
-            if listener.wants(msg) and not (hold and listener.token_id is None):
+            if not (hold and listener.token_id is None) and listener.wants(msg):
                 listener.put(msg)
 
     def _hold(self, hip_id: str, msg: Message) -> None:
@@ -495,15 +495,18 @@ class LiveHub:
         if self._hold_timer is None:
             self._hold_timer = asyncio.get_running_loop().call_later(HOLD_MAX_S, self._release_held)
 
-    def _release_held(self, hip_id: str | None = None) -> None:
-        """Hand held events to the boards (of one facility, or all when the rebuild is late)."""
+    def _release_held(self, hip_id: str | None = None, then: Message | None = None) -> None:
+        """Hand held events to the boards (of one facility, or all when the rebuild is late), each
+        board's followed by `then` (the rebuilt snapshot) in the same pass."""
         for hip in [hip_id] if hip_id is not None else list(self._held):
             held = self._held.pop(hip, ())
-            for listener in tuple(self.listeners.get(hip, ())) if held else ():
+            for listener in tuple(self.listeners.get(hip, ())) if held or then else ():
                 if listener.token_id is None:
                     for msg in held:
                         if listener.wants(msg):
                             listener.put(msg)
+                    if then is not None:
+                        listener.put(then)
         if not self._held and self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
@@ -559,16 +562,12 @@ class LiveHub:
                 self._release_held(hip_id)
                 continue
             msg = Message("update", snapshot=snap)
-            group = tuple(self.listeners.get(hip_id, ()))
             # Status pages first: the update is their only news of a call. Their streams then run before
             # the boards', which write the held call events and this update together.
-            for listener in group:
+            for listener in tuple(self.listeners.get(hip_id, ())):
                 if listener.token_id is not None:
                     listener.put(msg)
-            self._release_held(hip_id)
-            for listener in group:
-                if listener.token_id is None:
-                    listener.put(msg)
+            self._release_held(hip_id, then=msg)
 
     async def snapshot(self, hip_id: str) -> Snapshot:
         """The cached snapshot, or a fresh one (one build at a time per facility, shared by all waiters).
