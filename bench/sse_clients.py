@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 import orjson
 import uvloop
 
+from bench.loadgen import settle_gc
+
 READY_TIMEOUT_S = 120.0
 
 
@@ -159,6 +161,7 @@ async def main() -> None:
                 c.failed, c.reason = True, "no first event in time"
     failed = sum(1 for c in clients if c.failed or c.dropped)
     recording.set()
+    settle_gc()  # no full collection of the connected fleet while events are being timed
     print(f"ready {len(clients) - failed} {failed} {time.perf_counter() - started:.2f}", flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # the controller says when the calls are done
     stopping.set()

@@ -224,3 +224,28 @@ async def test_share_api_needs_a_target(api: httpx.AsyncClient, state: SandboxSt
     state.bridge_url = None
     response = await api.post("/api/shares", json={"hip_id": "X", "counter": "OPD1", "abha_address": "a@sbx"})
     assert response.status_code == 400 and response.json()["error"] == "no_target"
+
+
+def test_the_served_sandbox_freezes_its_startup_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside the service (demos, the benchmark) the sandbox gets a worker's collector settings, so no
+    full collection over every imported module stalls its answers."""
+    import gc
+
+    from token_service.abdm import sandbox
+    from token_service.app import GC_YOUNG_THRESHOLD
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(app: Any, **kwargs: Any) -> None:
+        seen.update(app=app, frozen=gc.get_freeze_count(), young=gc.get_threshold()[0], **kwargs)
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(sandbox.uvicorn, "run", fake_run)
+    try:
+        sandbox.run_sandbox(port=1, state=SandboxState(client_id="c", client_secret="s"))
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["port"] == 1
+    assert seen["frozen"] > 10_000  # everything imported so far
+    assert seen["young"] == GC_YOUNG_THRESHOLD

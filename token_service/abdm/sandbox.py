@@ -339,5 +339,12 @@ def run_sandbox(
     log_level: str = "info",
 ) -> None:
     """Serve the sandbox until interrupted. Pass `key_path` so `sandbox scan` can sign with the same key."""
+    from token_service.app import tune_gc
+
     sandbox = state or SandboxState.create(key_path, client_id=client_id, client_secret=client_secret)
-    uvicorn.run(create_sandbox_app(sandbox), host=host, port=port, log_level=log_level)
+    app = create_sandbox_app(sandbox)
+    # It stands in for the gateway beside the service (demos, the benchmark): full collections that
+    # walk every module's objects would stall its answers and its on-share receipts as they would a
+    # worker's.
+    tune_gc()
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
