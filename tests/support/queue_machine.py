@@ -17,6 +17,7 @@ from tests.support.model import Model
 from token_service.clock import FakeClock, local_day
 from token_service.errors import Conflict, NotFound
 from token_service.queue import keys, record
+from token_service.queue.lanes import LaneMirror
 from token_service.queue.scripts import Scripts
 from token_service.queue.service import FacilityRules, TokenQueue
 from token_service.queue.status import Priority, Source
@@ -179,11 +180,40 @@ def make_machine(url: str) -> type[RuleBasedStateMachine]:
                 real = r.hgetall(keys.desk_key(HIP, name))
                 assert real.get("cur", "") == desk.cur, name
                 assert real.get("streak", "0") == desk.streak, name
+            self._lane_copies_follow()
             # Invariant 1: per (counter, day) numbers are unique and gapless from 1.
             by_day: dict[tuple[str, str], list[int]] = {}
             for t in m.tokens.values():
                 by_day.setdefault((t["oc"], t["d"]), []).append(int(t["n"]))
             for nums in by_day.values():
                 assert sorted(nums) == list(range(1, len(nums) + 1))
+
+        def _lane_copies_follow(self) -> None:
+            """Copies of the lanes (as the live hub keeps them) caught up from the scripts' change counters
+            hold what the lanes hold, and give every waiting token its place; one copy follows every step,
+            one every third step (several changes at once)."""
+            if not hasattr(self, "mirrors"):
+                self.mirrors = [LaneMirror(self.redis, HIP), LaneMirror(self.redis, HIP)]
+                self.steps = 0
+            self.steps += 1
+            m = self.model
+            for mirror in self.mirrors[: 1 if self.steps % 3 else 2]:
+                whole, caught_up = mirror.full_reads, mirror.caught_up
+                currents, lanes = self.run(mirror.sync(COUNTERS, sorted(DESKS)))
+                STATS["lanes read whole"] += mirror.full_reads - whole
+                STATS["lanes caught up"] += mirror.caught_up - caught_up
+                assert currents == [m.desks[d].cur if d in m.desks else "" for d in sorted(DESKS)]
+                for counter in COUNTERS:
+                    prio = [i for i, _ in m.ordered(m.lanes.get((counter, "p"), {}))]
+                    normal = [i for i, _ in m.ordered(m.lanes.get((counter, "n"), {}))]
+                    for lane, ids in (("p", prio), ("n", normal)):
+                        assert list(mirror.copies[(counter, lane)].refs) == [keys.token_ref(i) for i in ids]
+                    assert lanes.waiting(counter) == len(prio) + len(normal)
+                    for place, tid in enumerate([*prio, *normal]):
+                        normal_lane = m.tokens[tid]["p"] == "normal"
+                        assert lanes.position(counter, tid, normal_lane) == place, (tid, counter)
+                    for tid, t in m.tokens.items():  # not waiting at this counter: no place in its line
+                        if t["s"] != "waiting" or t["c"] != counter:
+                            assert lanes.position(counter, tid, t["p"] == "normal") is None
 
     return QueueMachine

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from token_service.api.live import CallEntry, Snapshot, dumps, sse_bytes
+from token_service.queue.lanes import LaneCopy, Lanes
 from token_service.masking import first_grapheme, mask_name
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
@@ -91,11 +92,16 @@ def test_sse_bytes_read_back_as_one_event(data: dict[str, object], ident: int | 
     assert orjson.loads(fields["data"]) == data
 
 
+def _lanes(by_counter: dict[str, tuple[list[str], list[str]]]) -> Lanes:
+    return Lanes({c: (LaneCopy(p, (0, 0, 0)).view(), LaneCopy(n, (0, 0, 0)).view()) for c, (p, n) in by_counter.items()})
+
+
 def test_snapshot_encodes_once_per_filter_and_positions() -> None:
     snap = Snapshot(
         hip_id="IN1", version=5, desks=[{"desk": "D1", "name": "Desk 1", "counters": ["OPD1"], "now": None}],
         recent=[CallEntry("t1", "A1", 1, "OPD1", "D1", 10, name="R**** K****"), CallEntry("t2", "B1", 1, "OPD2", "D1", 9)],
-        waiting={"OPD1": 2, "OPD2": 1}, lines={"OPD1": ["a", "b"], "OPD2": ["c"]}, desk_names={"D1": "Desk 1"},
+        waiting={"OPD1": 3, "OPD2": 1}, lanes=_lanes({"OPD1": (["p.1"], ["a.1", "b.1"]), "OPD2": ([], ["c.1"])}),
+        desk_names={"D1": "Desk 1"},
     )  # fmt: skip
     whole = snap.sse("update")
     assert snap.sse("update") is whole  # the same bytes object for every listener
@@ -104,7 +110,9 @@ def test_snapshot_encodes_once_per_filter_and_positions() -> None:
     assert b'"name":"R**** K****"' in whole and b'"name":' not in only
     assert snap.sse("snapshot").startswith(b"id: 5\r\nevent: snapshot\r\ndata: ")
     waiting = _token(status=Status.WAITING)
-    assert snap.position(_token(id="b", status=Status.WAITING)) == 1
-    assert snap.position(_token(id="c", status=Status.WAITING)) is None  # in OPD2's line, not OPD1's
-    assert snap.position(_token(id="c", counter="OPD2", status=Status.WAITING)) == 0
-    assert snap.position(waiting) is None and snap.position(_token(id="a")) is None  # called: no position
+    # The priority lane is ahead of the normal one.
+    assert snap.position(_token(id="IN1.b.1", status=Status.WAITING)) == 2
+    assert snap.position(_token(id="IN1.p.1", status=Status.WAITING, priority=Priority.SENIOR)) == 0
+    assert snap.position(_token(id="IN1.c.1", status=Status.WAITING)) is None  # in OPD2's line, not OPD1's
+    assert snap.position(_token(id="IN1.c.1", counter="OPD2", status=Status.WAITING)) == 0
+    assert snap.position(waiting) is None and snap.position(_token(id="IN1.a.1")) is None  # called: none

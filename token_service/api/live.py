@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -45,8 +46,9 @@ from token_service.clock import local_day
 from token_service.masking import mask_name
 from token_service.models import TokenRecord
 from token_service.queue import keys
+from token_service.queue.lanes import LaneMirror, Lanes, register_lanes_script
 from token_service.queue.service import Token
-from token_service.queue.status import Status
+from token_service.queue.status import Priority, Status
 from token_service.records import tokens as token_sql
 from token_service.records.recorder import parse_event
 from token_service.state import AppState
@@ -96,19 +98,18 @@ class CallEntry:
 
 @dataclass
 class Snapshot:
-    """A facility's board state; `lines` (waiting token ids in calling order) stays on the server."""
+    """A facility's board state; `lanes` (the waiting lines, for positions) stays on the server."""
 
     hip_id: str
     version: int
     desks: list[dict[str, Any]]
     recent: list[CallEntry]
     waiting: dict[str, int]
-    lines: dict[str, list[str]]
+    lanes: Lanes
     desk_names: dict[str, str]
     names: dict[str, str] = field(default_factory=dict)  # token id -> masked name (names on only)
     _encoded: dict[frozenset[str] | None, dict[str, Any]] = field(default_factory=dict)
     _sse: dict[tuple[str, frozenset[str] | None], bytes] = field(default_factory=dict)
-    _positions: dict[str, tuple[str, int]] | None = None
     # (token id, token version) -> (status body, its SSE bytes); filled by the status stream.
     status_cache: dict[tuple[str, int], tuple[dict[str, Any], bytes]] = field(default_factory=dict)
 
@@ -140,17 +141,10 @@ class Snapshot:
         return hit
 
     def position(self, token: Token) -> int | None:
-        """Tokens ahead of a waiting token in its counter's line (one map per snapshot, O(1) per call)."""
+        """Tokens ahead of a waiting token in its counter's line, as of this snapshot (O(1))."""
         if token.status is not Status.WAITING:
             return None
-        if self._positions is None:
-            self._positions = {
-                tid: (code, i) for code, line in self.lines.items() for i, tid in enumerate(line)
-            }
-        found = self._positions.get(token.id)
-        if found is None or found[0] != token.counter:
-            return None
-        return found[1]
+        return self.lanes.position(token.counter, token.id, token.priority is Priority.NORMAL)
 
 
 @dataclass(frozen=True)
@@ -295,6 +289,9 @@ class LiveHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._build_locks: dict[str, asyncio.Lock] = {}
         self._names: dict[str, tuple[str, float]] = {}  # token id -> (masked name, looked up at)
+        # Per facility, copies of its waiting lanes that each rebuild brings up to date by what changed.
+        self._lanes: dict[str, LaneMirror] = {}
+        self._lanes_read: AsyncScript | None = None  # lua/lanes.lua, registered on first use
         # Subscriptions: the connection while it is up; per watched facility when it was last asked
         # for, and a future done once Redis confirmed its subscription (renewed on every reconnect).
         self._pubsub: PubSub | None = None
@@ -440,6 +437,7 @@ class LiveHub:
                 self._confirmed.pop(hip_id, None)
                 self.snapshots.pop(hip_id, None)
                 self.recent.pop(hip_id, None)
+                self._lanes.pop(hip_id, None)
             if idle and self._pubsub is not None:
                 try:
                     await self._pubsub.unsubscribe(*map(keys.live_channel, idle))
@@ -460,6 +458,7 @@ class LiveHub:
         # Whatever happened while we were deaf is unknown: forget cached state and resync everyone.
         self.snapshots.clear()
         self.recent.clear()
+        self._lanes.clear()
         self._broadcast_all(Message("resync"))
 
     def _on_message(self, channel: str, data: Any) -> None:
@@ -591,23 +590,14 @@ class LiveHub:
         cfg = await self.state.directory.get(hip_id)
         counters = [c.code for c in cfg.counters.values() if c.active]
         desks = [d for d in cfg.desks.values() if d.active]
-        redis = self.state.redis
-        pipe = redis.pipeline(transaction=False)
-        for d in desks:
-            pipe.hget(keys.desk_key(hip_id, d.code), "cur")
-        for c in counters:
-            pipe.lrange(keys.lane_key(hip_id, c, "p"), 0, -1)
-            pipe.lrange(keys.lane_key(hip_id, c, "n"), 0, -1)
-        rows = await pipe.execute()
-        current_ids = [r or "" for r in rows[: len(desks)]]
-        lines: dict[str, list[str]] = {}
-        for i, c in enumerate(counters):
-            # Lanes hold refs (the id without the facility).
-            lines[c] = [
-                f"{hip_id}.{ref}"
-                for lane in rows[len(desks) + 2 * i : len(desks) + 2 * i + 2]
-                for ref in lane
-            ]
+        mirror = self._lanes.get(hip_id)
+        if mirror is None:
+            if self._lanes_read is None:
+                self._lanes_read = register_lanes_script(self.state.redis)
+            mirror = LaneMirror(self.state.redis, hip_id, self._lanes_read)
+            if keep:  # kept only while subscribed: its events are what makes a rebuild due
+                self._lanes[hip_id] = mirror
+        current_ids, lanes = await mirror.sync(counters, [d.code for d in desks])
         current = {t.id: t for t in await self.state.queue.get_many(hip_id, [i for i in current_ids if i])}
         seen = self.recent.get(hip_id)
         if seen is None:
@@ -630,7 +620,7 @@ class LiveHub:
             desk_rows.append({"desk": d.code, "name": d.name, "counters": cfg.desk_counters(d), "now": now})
         return Snapshot(
             hip_id=hip_id, version=self.state.clock.now_ms(), desks=desk_rows, recent=recent,
-            waiting={c: len(lines[c]) for c in counters}, lines=lines, desk_names=desk_names, names=names,
+            waiting={c: lanes.waiting(c) for c in counters}, lanes=lanes, desk_names=desk_names, names=names,
         )  # fmt: skip
 
     async def _masked_names(self, token_ids: Iterable[str]) -> dict[str, str]:

@@ -76,6 +76,11 @@ def lane_key(hip_id: str, counter: str, lane: str) -> str:
     return facility_prefix(hip_id) + f"w:{counter}:{lane}"
 
 
+def lane_counts(hip_id: str) -> str:
+    """Hash of every lane's change counters (``<counter>:<lane>:h|t|e``), kept by the scripts."""
+    return facility_prefix(hip_id) + "wv"
+
+
 def called_zset(hip_id: str, counter: str) -> str:
     return facility_prefix(hip_id) + f"called:{counter}"
 

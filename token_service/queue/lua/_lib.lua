@@ -14,6 +14,8 @@
 --                          The id, facility, origin counter, day and number are the key and field.
 --   w:<c>:p, w:<c>:n       lists of refs (`<oc>.<d>.<nnnnn>`, the id without the facility), kept in
 --                          `ord` order: the priority and normal lanes.
+--   wv                     hash: per lane `<c>:<l>:h` removals at its head, `<c>:<l>:t` appends at its
+--                          tail, `<c>:<l>:e` every other change (lanes.lua, for copies that catch up).
 --   called:<c>             sorted set of called ids, by time called.
 --   x:<minute>, xb         expiry wheel: lists of `<ref>@<ms>` by the minute they expire in, and a
 --                          sorted set of the minutes that have a list. Entries are not removed when a
@@ -69,6 +71,13 @@ local function parse(id)
 end
 local function bucket_key(oc, d, n) return P .. 'k:' .. oc .. ':' .. d .. ':' .. math.floor(tonumber(n) / BUCKET) end
 local function lane(counter, l) return P .. 'w:' .. counter .. ':' .. l end
+-- Count a change of a lane ('h' removed at the head, 't' appended at the tail, 'e' anything else): a
+-- reader that keeps a copy of a lane catches up from these counters instead of reading it whole
+-- (lanes.lua). Every change of a lane must be counted here.
+local LANE_COUNTS = P .. 'wv'
+local function lane_count(key, what)
+  redis.call('HINCRBY', LANE_COUNTS, string.sub(key, #P + 3) .. ':' .. what, 1)
+end
 local function called_key(counter) return P .. 'called:' .. counter end
 local function desk_key(desk) return P .. 'desk:' .. desk end
 
@@ -166,11 +175,12 @@ end
 
 -- Insert `item` into the ordered list `key`: last when `last_ok(tail)` holds (the common case, one
 -- read), else before the first element for which `before(element)` holds, walking from the head.
+-- Returns 't' when it went last, 'e' when it went in between.
 local function insert_ordered(key, item, last_ok, before)
   local tail = redis.call('LINDEX', key, -1)
   if not tail or last_ok(tail) then
     redis.call('RPUSH', key, item)
-    return
+    return 't'
   end
   local start = 0
   while true do
@@ -178,7 +188,7 @@ local function insert_ordered(key, item, last_ok, before)
     for _, other in ipairs(chunk) do
       if before(other) then
         redis.call('LINSERT', key, 'BEFORE', other, item)
-        return
+        return 'e'
       end
     end
     start = start + 100
@@ -189,7 +199,23 @@ end
 -- undone call first; otherwise the lane is walked from its head.
 local function insert_sorted(key, ref, ord)
   local function before(other) return after(ord_of(other), other, ord, ref) end
-  insert_ordered(key, ref, function(tail) return not before(tail) end, before)
+  lane_count(key, insert_ordered(key, ref, function(tail) return not before(tail) end, before))
+end
+
+-- Append a ref at the end of a lane.
+local function lane_push(key, ref)
+  redis.call('RPUSH', key, ref)
+  lane_count(key, 't')
+end
+
+-- Take a ref out of a lane: a pop when it is first (a call), else a search.
+local function lane_remove(key, ref)
+  if redis.call('LINDEX', key, 0) == ref then
+    redis.call('LPOP', key)
+    lane_count(key, 'h')
+  elseif redis.call('LREM', key, 0, ref) > 0 then
+    lane_count(key, 'e')
+  end
 end
 
 -- The expiry wheel. Each entry is `<ref>@<ms into the minute>`, the deadline it was added with, and
@@ -230,7 +256,7 @@ end
 -- Take a token out of every structure that holds it because it is waiting or called (its expiry
 -- wheel entries stay until the sweep meets them).
 local function detach(t)
-  if t.s == 'waiting' then redis.call('LREM', lane_of(t), 1, ref_of(t.id)) end
+  if t.s == 'waiting' then lane_remove(lane_of(t), ref_of(t.id)) end
   if t.s == 'called' then redis.call('ZREM', called_key(t.c), t.id) end
 end
 
@@ -289,7 +315,7 @@ local function append(t)
   if t.p == 'emergency' then
     insert_sorted(lane_of(t), ref_of(t.id), tonumber(t.ord))
   else
-    redis.call('RPUSH', lane_of(t), ref_of(t.id))
+    lane_push(lane_of(t), ref_of(t.id))
   end
 end
 

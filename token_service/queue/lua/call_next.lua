@@ -16,6 +16,7 @@ local function head(l)
     local o = ref and ord_of(ref)
     while ref and o == -math.huge do  -- a member whose record is gone
       redis.call('LPOP', key)
+      lane_count(key, 'h')
       ref = redis.call('LINDEX', key, 0)
       o = ref and ord_of(ref)
     end

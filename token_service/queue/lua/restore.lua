@@ -18,7 +18,7 @@ if tord > ord then redis.call('SET', P .. 'ord', tostring(tord)) end
 if t.req ~= '' then req_remember(t.req, redis.sha1hex(t.req), t.id) end
 if t.abha ~= '' then rescan_remember(rescan_bucket(t.oc, t.d, redis.sha1hex(t.abha)), t.abha, t.n) end
 if t.s == 'waiting' then
-  redis.call('LREM', lane_of(t), 0, ref_of(t.id))  -- in case its record alone was lost
+  lane_remove(lane_of(t), ref_of(t.id))  -- in case its record alone was lost
   insert_sorted(lane_of(t), ref_of(t.id), tonumber(t.ord))
   wheel_add(t)
 elseif t.s == 'called' then

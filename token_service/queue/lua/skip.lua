@@ -28,7 +28,7 @@ else
   t.xp = t.eod
   t.desk = ''
   save(t, 'skipped', desk)
-  if last then redis.call('RPUSH', l, ref_of(t.id)) else insert_sorted(l, ref_of(t.id), score) end
+  if last then lane_push(l, ref_of(t.id)) else insert_sorted(l, ref_of(t.id), score) end
   wheel_add(t)
 end
 if redis.call('HGET', d, 'cur') == id then redis.call('HSET', d, 'cur', '') end
