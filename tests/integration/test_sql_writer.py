@@ -80,12 +80,15 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
         async with running_writer(settings) as (engine, writer):
             # Three callers at once: their rows share one batch (the writer drains its queue per batch).
             patient = {"name": "रमेश कुमार", "year_of_birth": 1960}
-            a, b, c = await asyncio.gather(
+            patient3 = {"name": "ક્ષમા પટેલ", "year_of_birth": 1990}
+            a, b, c, _ = await asyncio.gather(
                 writer.submit_rows([*token_rows([_token(1)], patient),
                                     (ONSHARE_UPSERT, _share_row("req-1", _token(1).id, "क्षमा"))]),
                 writer.submit_rows([*token_rows([_token(2)]), (ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B"))]),
                 # the same REQUEST-ID again in the same batch: one row, both callers get its id
                 writer.submit_rows([(ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B again"))]),
+                # a second shared profile in the batch: both attached by the batch's one statement
+                writer.submit_rows(token_rows([_token(3)], patient3)),
             )  # fmt: skip
             id1, id2, id2_again = a[-1], b[-1], c[-1]
             assert isinstance(id1, int) and isinstance(id2, int) and id1 != id2
@@ -118,7 +121,7 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
                 attempts = (
                     await conn.execute(text("SELECT on_share_id, ok, status_code FROM on_share_attempt"))
                 ).all()
-            assert toks[1].patient == patient and toks[2].patient is None
+            assert toks[1].patient == patient and toks[2].patient is None and toks[3].patient == patient3
             assert toks[1].label == "A1" and _ms(toks[1].issued_at) == T0 + 1
             assert (toks[2].status, toks[2].version, toks[2].desk) == ("called", 2, "D1")
             assert set(shares) == {"req-1", "req-2"}
