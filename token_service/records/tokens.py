@@ -15,7 +15,7 @@ from token_service.models import TokenEvent, TokenRecord
 from token_service.queue import keys
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records.writer import Row, RowOp, execute_rows, json_rows, json_rows_insert
+from token_service.records.writer import Row, RowOp, execute_many, execute_rows, json_rows_insert
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -154,19 +154,11 @@ _ATTACH = (
     .where(and_(TOKEN.c.id == bindparam("token_id"), TOKEN.c.patient.is_(None)))
     .values(patient=bindparam("patient_json"))
 )
-_ATTACH_FROM = json_rows([("token_id", TOKEN.c.id.type), ("patient_json", TOKEN.c.patient.type)])
-_ATTACH_JSON = (
-    update(TOKEN)
-    .where(and_(TOKEN.c.id == _ATTACH_FROM.c.token_id, TOKEN.c.patient.is_(None)))
-    .values(patient=_ATTACH_FROM.c.patient_json)
-)
 
 
 async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    """The shared profile is stored once, with the token that it was shared for. On PostgreSQL one
-    statement per batch (it was one per share). The batch's token upsert has already locked these rows
-    (an attach comes only with its token's upsert), so the join's order locks nothing new."""
-    await execute_rows(conn, sorted(rows, key=lambda r: str(r["token_id"])), json=_ATTACH_JSON, plain=_ATTACH)
+    """The shared profile is stored once, with the token that it was shared for."""
+    await execute_many(conn, _ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
 
 
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
