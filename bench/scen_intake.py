@@ -51,9 +51,9 @@ async def run_intake(run: Run, section: Section) -> None:
         return r
 
     await load(budget // 10, concurrency=16, duration_s=step / 2)  # warm-up, not reported
-    cpu_before = stack.cpu_seconds()
+    cpu_before, scans_before = stack.cpu_seconds(), stack.scanned_rows()
     res = await load(budget, concurrency=CLOSED_CONCURRENCY, duration_s=step)
-    cpu_after = stack.cpu_seconds()
+    cpu_after, scans_after = stack.cpu_seconds(), stack.scanned_rows()
     max_rate = res.ok_count(202) / res.elapsed_s
     per_share = {
         k: max(0.0, cpu_after[k] - cpu_before[k]) * 1000 / max(1, res.ok_count(202)) for k in cpu_after
@@ -67,6 +67,16 @@ async def run_intake(run: Run, section: Section) -> None:
         f"{cores * 1000 / max(0.01, sum(per_share.values())):.0f} shares/s."
     )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None))
+    if scans_after:
+        # A share's statements all go by key: no table should be read whole. (A backend reports its
+        # counts about once a second while busy, so the last second or so may fall in the next step:
+        # a guard against a scan that grows with the tables, not an exact count.)
+        scanned = {t: n - scans_before.get(t, 0) for t, n in scans_after.items() if n > scans_before.get(t, 0)}
+        per_share = sum(scanned.values()) / max(1, res.ok_count(202))
+        run.figures["seq_scan_rows_per_share"] = round(per_share, 2)
+        section.check("no sequential scan on the share path (rows read by sequential scans per share ≤ 1)",
+                      per_share <= 1.0, f"{per_share:.2f} rows per share"
+                      + (f" ({', '.join(f'{t} {n}' for t, n in sorted(scanned.items()))})" if scanned else ""))  # fmt: skip
     end_to_end = res.ok_count(202) / (res.elapsed_s + res.drain_s)
     run.figures["shares_end_to_end_per_s"] = round(end_to_end, 1)
     section.notes.append(
