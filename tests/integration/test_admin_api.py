@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from tests.support.app import HIP, PASSWORD, login, make_settings, running_app, seed
 from token_service.auth import hash_password
+from token_service.clock import local_day
 from token_service.config import Settings
 from token_service.models import Facility, User
 from token_service.records.db import sync_engine
@@ -235,8 +236,11 @@ async def test_configuration_reaches_the_queue(tmp_path: Path, redis_url: str) -
         assert r.json()["effective_validity_seconds"] == 900
         r = await client.post(issue, headers=kiosk)
         token = r.json()
-        span = datetime.fromisoformat(token["expires_at"]) - datetime.fromisoformat(token["issued_at"])
-        assert span.total_seconds() == 900
+        issued = datetime.fromisoformat(token["issued_at"])
+        span = datetime.fromisoformat(token["expires_at"]) - issued
+        # The new validity, unless the facility's local day (now Kathmandu's) ends sooner.
+        _, day_end_ms = local_day(int(issued.timestamp() * 1000), "Asia/Kathmandu")
+        assert span.total_seconds() == min(900, round(day_end_ms / 1000 - issued.timestamp(), 3))
         r = await client.patch(f"{A}/settings", json={"use_default_validity": True}, headers=h)
         assert r.json()["validity_seconds"] is None
 
