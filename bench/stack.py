@@ -125,7 +125,6 @@ class Stack:
             return {}
         q = text("SELECT relname, seq_tup_read FROM pg_stat_user_tables")
         with sync_engine(self.settings).connect() as conn:
-            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
             return {str(r[0]): int(r[1]) for r in conn.execute(q)}
 
     def received(self) -> list[list[object]]:

@@ -36,7 +36,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio.client import PubSub
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,7 +45,7 @@ from token_service.clock import local_day
 from token_service.masking import mask_name
 from token_service.models import TokenRecord
 from token_service.queue import keys
-from token_service.queue.lanes import LaneMirror, Lanes, register_lanes_script
+from token_service.queue.lanes import LaneMirror, Lanes
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Status
 from token_service.records import tokens as token_sql
@@ -291,7 +290,6 @@ class LiveHub:
         self._names: dict[str, tuple[str, float]] = {}  # token id -> (masked name, looked up at)
         # Per facility, copies of its waiting lanes that each rebuild brings up to date by what changed.
         self._lanes: dict[str, LaneMirror] = {}
-        self._lanes_read: AsyncScript | None = None  # lua/lanes.lua, registered on first use
         # Subscriptions: the connection while it is up; per watched facility when it was last asked
         # for, and a future done once Redis confirmed its subscription (renewed on every reconnect).
         self._pubsub: PubSub | None = None
@@ -592,9 +590,7 @@ class LiveHub:
         desks = [d for d in cfg.desks.values() if d.active]
         mirror = self._lanes.get(hip_id)
         if mirror is None:
-            if self._lanes_read is None:
-                self._lanes_read = register_lanes_script(self.state.redis)
-            mirror = LaneMirror(self.state.redis, hip_id, self._lanes_read)
+            mirror = LaneMirror(self.state.redis, hip_id)
             if keep:  # kept only while subscribed: its events are what makes a rebuild due
                 self._lanes[hip_id] = mirror
         current_ids, lanes = await mirror.sync(counters, [d.code for d in desks])

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -33,9 +34,9 @@ LANES = ("p", "n")  # priority, then normal: the order a counter's waiting token
 FULL_EVERY_S = 60.0  # a copy is read whole at least this often, whatever the counters say
 
 
-def register_lanes_script(redis: Redis) -> AsyncScript:
-    """``lua/lanes.lua`` on `redis` (no round trip: Redis learns it on first use)."""
-    return redis.register_script((resources.files("token_service.queue") / "lua" / "lanes.lua").read_text())
+@cache
+def _source() -> str:
+    return (resources.files("token_service.queue") / "lua" / "lanes.lua").read_text()
 
 
 class LaneCopy:
@@ -109,10 +110,9 @@ class Lanes:
 class LaneMirror:
     """One facility's lane copies in this process, brought up to date by `sync`."""
 
-    def __init__(self, redis: Redis, hip_id: str, script: AsyncScript | None = None) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, hip_id: str) -> None:
         self.hip_id = hip_id
-        self.script = script or register_lanes_script(redis)
+        self.script: AsyncScript = redis.register_script(_source())  # no round trip: loaded on first use
         self.copies: dict[tuple[str, str], LaneCopy] = {}
         self._full_at = 0.0
         # What the syncs cost: refs read, lanes read whole and lanes caught up (tests, the benchmark).

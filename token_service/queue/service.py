@@ -274,16 +274,3 @@ class TokenQueue:
     async def desk_current(self, hip_id: str, desk: str) -> str | None:
         cur: str | None = await self.redis.hget(keys.desk_key(hip_id, desk), "cur")  # type: ignore[assignment]
         return cur or None
-
-    async def position(self, token: Token) -> int | None:
-        """How many waiting tokens of the token's counter are ahead of it (None when not waiting)."""
-        if token.status is not Status.WAITING:
-            return None
-        lane = "n" if token.priority is Priority.NORMAL else "p"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpos(keys.lane_key(token.hip_id, token.counter, lane), keys.token_ref(token.id))
-        pipe.llen(keys.lane_key(token.hip_id, token.counter, "p"))
-        rank, ahead = await pipe.execute()
-        if rank is None:
-            return None
-        return int(rank) + (int(ahead) if lane == "n" else 0)
