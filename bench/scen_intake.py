@@ -72,10 +72,10 @@ async def run_intake(run: Run, section: Section) -> None:
         # counts about once a second while busy, so the last second or so may fall in the next step:
         # a guard against a scan that grows with the tables, not an exact count.)
         scanned = {t: n - scans_before.get(t, 0) for t, n in scans_after.items() if n > scans_before.get(t, 0)}
-        per_share = sum(scanned.values()) / max(1, res.ok_count(202))
-        run.figures["seq_scan_rows_per_share"] = round(per_share, 2)
+        scan_rows = sum(scanned.values()) / max(1, res.ok_count(202))
+        run.figures["seq_scan_rows_per_share"] = round(scan_rows, 2)
         section.check("no sequential scan on the share path (rows read by sequential scans per share ≤ 1)",
-                      per_share <= 1.0, f"{per_share:.2f} rows per share"
+                      scan_rows <= 1.0, f"{scan_rows:.2f} rows per share"
                       + (f" ({', '.join(f'{t} {n}' for t, n in sorted(scanned.items()))})" if scanned else ""))  # fmt: skip
     end_to_end = res.ok_count(202) / (res.elapsed_s + res.drain_s)
     run.figures["shares_end_to_end_per_s"] = round(end_to_end, 1)
