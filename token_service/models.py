@@ -106,7 +106,11 @@ class TokenRecord(SQLModel, table=True):
     recalls: int = 0
     order: float = 0
     version: int = 0
-    patient: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # none_as_null: a token without a shared profile holds SQL NULL (not JSON null), so "has no profile
+    # yet" is `IS NULL` on every database and the token upsert can fill it in.
+    patient: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
     issued_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     called_at: datetime | None = _ts()
     served_at: datetime | None = _ts()

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, null, select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.support.app import make_settings
+from token_service import retention
 from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
 from token_service.config import Settings
 from token_service.errors import Unavailable
@@ -30,6 +31,7 @@ from token_service.queue.status import Priority, Source, Status
 from token_service.records import db
 from token_service.records.tokens import EVENT_INSERT, TOKEN, TOKEN_UPSERT, _ms, event_row, token_rows
 from token_service.records.writer import SqlWriter, _pg_statement
+from token_service.retention import MIN_DAYS
 
 HIP = "IN0710000123"
 
@@ -87,7 +89,7 @@ def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: s
                 writer.submit_rows([*token_rows([_token(2)]), (ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B"))]),
                 # the same REQUEST-ID again in the same batch: one row, both callers get its id
                 writer.submit_rows([(ONSHARE_UPSERT, _share_row("req-2", _token(2).id, "B again"))]),
-                # a second shared profile in the batch: both attached by the batch's one statement
+                # a second shared profile in the batch: both written by the batch's one token upsert
                 writer.submit_rows(token_rows([_token(3)], patient3)),
             )  # fmt: skip
             id1, id2, id2_again = a[-1], b[-1], c[-1]
@@ -147,7 +149,8 @@ def test_a_later_state_written_first_gets_the_issues_identity(
     """Redis's record leaves out the ABHA address and REQUEST-ID, so only the issue's state carries them.
     When another state reaches SQL first (a retried share answered before the issue's write-through
     committed, or a recorder batch that holds both), the row still ends up with both, and the older
-    state changes nothing else. A row the retention purge cleared is not filled in again."""
+    state changes nothing else. The shared profile, which only the share's own write carries, fills a
+    row the recorder wrote first. A row the retention purge cleared is not filled in again."""
     settings = make_settings(tmp_path, redis_url, database_url)
     patient = {"name": "Sita Devi"}
 
@@ -167,22 +170,30 @@ def test_a_later_state_written_first_gets_the_issues_identity(
             await writer.submit_rows(token_rows([_token(2)]))
             # One batch holding both versions (the recorder copying the issue and the call together).
             await writer.submit_rows([*token_rows([called(3)]), *token_rows([_token(3)])])
+            # The recorder's copy of a later state first, then the share's write-through with the profile.
+            await writer.submit_rows(token_rows([called(4)]))
+            await writer.submit_rows(token_rows([_token(4)], patient))
+            # A second share's profile for the same token (a rescan) does not replace the first.
+            await writer.submit_rows(token_rows([_token(4)], {"name": "someone else"}))
             async with engine.connect() as conn:
                 toks = {r.number: r for r in await conn.execute(select(TOKEN))}
-            for n in (1, 2, 3):
+            for n in (1, 2, 3, 4):
                 assert (toks[n].abha_address, toks[n].request_id) == (f"p{n}@sbx", f"req-{n}"), n
             assert (toks[1].status, toks[1].version) == ("waiting", 1)
-            for n in (2, 3):
+            for n in (2, 3, 4):
                 assert (toks[n].status, toks[n].version, toks[n].desk) == ("called", 2, "D1"), n
+            assert [toks[n].patient for n in (1, 2, 3, 4)] == [patient, patient, None, patient]
 
-            # The retention purge clears a row; a late copy of its issue event does not refill it.
+            # The retention purge clears a row (only ever one issued before the live queue's lifetime);
+            # a late copy of its issue event, even with the profile, does not refill it.
             async with engine.begin() as conn:
-                # as token_service.retention clears it: SQL NULL, not JSON null
-                await conn.execute(TOKEN.update().values(patient=null(), abha_address=None, request_id=None))
-            await writer.submit_rows(token_rows([_token(2)]))
+                await conn.execute(TOKEN.update().values(issued_at=datetime.now(UTC) - timedelta(days=MIN_DAYS + 1)))
+            assert (await retention.purge(engine, MIN_DAYS)).tokens == 4
+            await writer.submit_rows(token_rows([_token(2)], patient))
             async with engine.connect() as conn:
                 row = (await conn.execute(select(TOKEN).where(TOKEN.c.number == 2))).one()
             assert (row.abha_address, row.request_id, row.status, row.version) == (None, None, "called", 2)
+            assert row.patient is None
 
     asyncio.run(scenario())
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, literal_column, or_, select, update
+from sqlalchemy import and_, case, func, literal_column, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,7 +15,7 @@ from token_service.models import TokenEvent, TokenRecord
 from token_service.queue import keys
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records.writer import Row, RowOp, execute_many, execute_rows, json_rows_insert
+from token_service.records.writer import Row, RowOp, execute_rows, json_rows_insert
 
 TOKEN = TokenRecord.__table__  # type: ignore[attr-defined]
 EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
@@ -24,9 +24,10 @@ EVENT = TokenEvent.__table__  # type: ignore[attr-defined]
 # change after issue. The ABHA address and REQUEST-ID are known only to the issue's own state (Redis's
 # record leaves them out): a row first written from another state gets them from a later write that
 # carries them, if that write is of the same or a newer version or the row still holds the patient's
-# snapshot. A row whose personal data the retention purge cleared is never filled in again, not even
-# by a late copy of its issue event: only rows issued within the live queue's lifetime (the purge's
-# floor) are filled at all.
+# snapshot. The shared profile travels in the same upsert (the share's write-through) and fills a row
+# that has none, whatever the versions: the recorder may have written the token first. A row whose
+# personal data the retention purge cleared is never filled in again, not even by a late copy of its
+# issue event: only rows issued within the live queue's lifetime (the purge's floor) are filled at all.
 _IDENTITY = ("abha_address", "request_id")
 _MUTABLE = (
     "counter", "status", "priority", "desk", "skips", "recalls", "order", "version", "called_at",
@@ -68,12 +69,13 @@ def token_row(t: Token) -> dict[str, Any]:
         "expires_at": from_ms(t.expires_ms),
         "day_end_at": from_ms(t.day_end_ms),
         "updated_at": from_ms(t.issued_ms if t.finished_ms is None else t.finished_ms),
+        "patient": None,
     }
 
 
 _STATEMENTS: dict[tuple[str, str], Any] = {}
-# What `token_row` and `event_row` hold (the patient snapshot is attached on its own; ids are serial).
-_TOKEN_COLUMNS = tuple(c.name for c in TOKEN.columns if c.name != "patient")
+# What `token_row` and `event_row` hold (event ids are serial).
+_TOKEN_COLUMNS = tuple(c.name for c in TOKEN.columns)
 _EVENT_COLUMNS = tuple(c.name for c in EVENT.columns if c.name != "id")
 
 
@@ -112,8 +114,14 @@ def _statement(flavour: str, kind: str) -> Any:
             set_.update({c: case((fill, func.coalesce(TOKEN.c[c], ins.excluded[c])), else_=TOKEN.c[c])
                          for c in _IDENTITY})  # fmt: skip
             missing = or_(*(and_(TOKEN.c[c].is_(None), ins.excluded[c].isnot(None)) for c in _IDENTITY))
+            profile = and_(
+                TOKEN.c.patient.is_(None),
+                ins.excluded.patient.isnot(None),
+                TOKEN.c.issued_at > _live_since(flavour),
+            )
+            set_["patient"] = case((profile, ins.excluded.patient), else_=TOKEN.c.patient)
             stmt = ins.on_conflict_do_update(
-                index_elements=["id"], set_=set_, where=or_(newer, and_(fill, missing))
+                index_elements=["id"], set_=set_, where=or_(newer, and_(fill, missing), profile)
             )
         else:
             stmt = ins.on_conflict_do_nothing(index_elements=["hip_id", "stream_id"])
@@ -128,7 +136,7 @@ async def _execute(conn: AsyncConnection, kind: str, rows: list[Row]) -> None:
 def _newest_rows(rows: Sequence[Row]) -> list[Row]:
     """The newest version of each token, in id order: two workers upserting overlapping tokens then
     lock them in the same order (no deadlock between the write-through and the recorder). The identity
-    columns come from whichever version carries them (only the issue's state does)."""
+    columns and the profile come from whichever version carries them (only the issue's state does)."""
     newest: dict[str, Row] = {}
     for row in rows:
         seen = newest.get(row["id"])
@@ -138,7 +146,7 @@ def _newest_rows(rows: Sequence[Row]) -> list[Row]:
         if seen["version"] < row["version"]:
             seen, row = row, seen
             newest[seen["id"]] = seen
-        for c in _IDENTITY:
+        for c in (*_IDENTITY, "patient"):
             if seen[c] is None and row[c] is not None:
                 newest[seen["id"]] = seen = {**seen, c: row[c]}
     return [newest[i] for i in sorted(newest)]
@@ -149,34 +157,21 @@ async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     await _execute(conn, "token", _newest_rows(rows))
 
 
-_ATTACH = (
-    update(TOKEN)
-    .where(and_(TOKEN.c.id == bindparam("token_id"), TOKEN.c.patient.is_(None)))
-    .values(patient=bindparam("patient_json"))
-)
-
-
-async def _attach_rows(conn: AsyncConnection, rows: list[Row]) -> None:
-    """The shared profile is stored once, with the token that it was shared for."""
-    await execute_many(conn, _ATTACH, sorted(rows, key=lambda r: str(r["token_id"])))
-
-
 async def _event_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     """History rows keyed by stream entry id: a redelivered entry is ignored, never duplicated."""
     await _execute(conn, "event", rows)
 
 
-# Operations for the SQL writer's batches: a token's state, its shared profile, its history.
+# Operations for the SQL writer's batches: a token's state (with its shared profile), its history.
 TOKEN_UPSERT = RowOp("token upsert", 10, _upsert_rows)
-PATIENT_ATTACH = RowOp("patient attach", 20, _attach_rows)
 EVENT_INSERT = RowOp("event insert", 40, _event_rows)
 
 
 def token_rows(tokens: Sequence[Token], patient: dict[str, Any] | None = None) -> list[tuple[RowOp, Row]]:
     """Writer rows for these tokens' state (and the shared profile, stored with the first token)."""
     rows: list[tuple[RowOp, Row]] = [(TOKEN_UPSERT, token_row(t)) for t in tokens]
-    if patient is not None and tokens:
-        rows.append((PATIENT_ATTACH, {"token_id": tokens[0].id, "patient_json": patient}))
+    if patient is not None and rows:
+        rows[0][1]["patient"] = patient
     return rows
 
 
