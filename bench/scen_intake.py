@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -37,23 +38,26 @@ async def run_intake(run: Run, section: Section) -> None:
     url = stack.service.url
     cursor = 0
     used: list[str] = []
+    span = (0.0, 0.0)  # the last step's start and end
 
     async def load(n: int, concurrency: int, duration_s: float, rate: float | None = None) -> LoadResult:
-        nonlocal cursor
+        nonlocal cursor, span
+        started = time.time()
         r = await drive(
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
         sent = [ids[cursor + i] for i in r.index]
         used.extend(sent)
+        span = (started, time.time())
         cursor += max(r.index, default=-1) + 1
         # The on-shares this step owes are sent before the next step starts.
         r.drain_s = await asyncio.to_thread(checks.wait_delivered, stack, sent)
         return r
 
     await load(budget // 10, concurrency=16, duration_s=step / 2)  # warm-up, not reported
-    cpu_before, scans_before = stack.cpu_seconds(), stack.scanned_rows()
+    cpu_before, scans_before, wal_before = stack.cpu_seconds(), stack.scanned_rows(), stack.wal_bytes()
     res = await load(budget, concurrency=CLOSED_CONCURRENCY, duration_s=step)
-    cpu_after, scans_after = stack.cpu_seconds(), stack.scanned_rows()
+    cpu_after, scans_after, wal_after = stack.cpu_seconds(), stack.scanned_rows(), stack.wal_bytes()
     max_rate = res.ok_count(202) / res.elapsed_s
     per_share = {
         k: max(0.0, cpu_after[k] - cpu_before[k]) * 1000 / max(1, res.ok_count(202)) for k in cpu_after
@@ -67,11 +71,21 @@ async def run_intake(run: Run, section: Section) -> None:
         f"{cores * 1000 / max(0.01, sum(per_share.values())):.0f} shares/s."
     )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None))
+    if wal_before is not None and wal_after is not None:
+        wal = (wal_after - wal_before) / max(1, res.ok_count(202))
+        run.figures["wal_bytes_per_share"] = round(wal)
+        section.notes.append(
+            f"PostgreSQL's write-ahead log grew by {wal:,.0f} bytes per share during the closed loop (the "
+            "share's rows, its on-share's outcome and the recorder's history, with their indexes); "
+            "every commit waits for these bytes to reach the disk."
+        )
     if scans_after:
         # A share's statements all go by key: no table should be read whole. (A backend reports its
         # counts about once a second while busy, so the last second or so may fall in the next step:
         # a guard against a scan that grows with the tables, not an exact count.)
-        scanned = {t: n - scans_before.get(t, 0) for t, n in scans_after.items() if n > scans_before.get(t, 0)}
+        scanned = {
+            t: n - scans_before.get(t, 0) for t, n in scans_after.items() if n > scans_before.get(t, 0)
+        }
         scan_rows = sum(scanned.values()) / max(1, res.ok_count(202))
         run.figures["seq_scan_rows_per_share"] = round(scan_rows, 2)
         section.check("no sequential scan on the share path (rows read by sequential scans per share ≤ 1)",
@@ -85,17 +99,30 @@ async def run_intake(run: Run, section: Section) -> None:
         f"{end_to_end:.0f} shares/s. Each step below starts once the previous one owes no on-share."
     )
     p99_at_half = float("nan")
-    for frac in (0.25, 0.5, 0.75, 1.0):
-        rate = max(1.0, frac * max_rate)
-        n = int(rate * step) + 1
-        # Enough connections that the client never holds a request back: each may wait up to 0.5 s for
-        # its answer before the offered rate would slip (a client-side limit would show as latency).
-        conc = min(512, max(32, int(rate * 0.5)))
-        r = await load(n, concurrency=conc, duration_s=step, rate=rate)
-        row = _row(f"{int(frac * 100)} % of max", r, rate)
-        section.rows.append(row)
-        if frac == 0.5:
-            p99_at_half = float(str(row["p99_ms"]))
+    waits = stack.wait_sampler()
+    try:
+        for frac in (0.25, 0.5, 0.75, 1.0):
+            rate = max(1.0, frac * max_rate)
+            n = int(rate * step) + 1
+            # Enough connections that the client never holds a request back: each may wait up to 0.5 s
+            # for its answer before the offered rate would slip (a client-side limit would show as
+            # latency).
+            conc = min(512, max(32, int(rate * 0.5)))
+            r = await load(n, concurrency=conc, duration_s=step, rate=rate)
+            row = _row(f"{int(frac * 100)} % of max", r, rate)
+            if waits is not None:
+                row.update(waits.window(*span))
+            section.rows.append(row)
+            if frac == 0.5:
+                p99_at_half = float(str(row["p99_ms"]))
+    finally:
+        if waits is not None:
+            waits.stop()
+    if waits is not None:
+        section.notes.append(
+            "wal_wait_pct: the share of PostgreSQL samples (every 0.25 s) in which a commit waited for "
+            "the write-ahead log; checkpoint_pct: in which a checkpoint was writing pages."
+        )
     run.figures["shares_max_per_s"] = max_rate
     section.notes.append(
         "Latency is from the intended send time (open loop), so queueing inside the service is counted. "

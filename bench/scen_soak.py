@@ -56,6 +56,7 @@ async def run_soak(run: Run, section: Section) -> None:
                 await asyncio.sleep(max(0.0, gap - (time.time() - t0)))
 
     clerk_task = asyncio.create_task(clerks())
+    waits = stack.wait_sampler()
     cursor = 0
     used: list[str] = []
     windows: list[tuple[float, float]] = []
@@ -80,6 +81,8 @@ async def run_soak(run: Run, section: Section) -> None:
     finally:
         stop.set()
         await clerk_task
+        if waits is not None:
+            waits.stop()
     await asyncio.sleep(1.5)
     boards, _, dropped = await fleet.collect()
     # Per window: the p99 of call-next → board event for the calls made in that window.
@@ -88,6 +91,8 @@ async def run_soak(run: Run, section: Section) -> None:
         b = summary_ms(board_latencies(boards, in_window))
         row["calls"] = len(in_window)
         row["sse_p50_ms"], row["sse_p99_ms"] = b["p50"], b["p99"]
+        if waits is not None:
+            row.update(waits.window(t_from, t_to))
     received = len(board_latencies(boards, sent))
     missing = len(boards) * len(sent) - received
     run.figures["soak_rss_mb"] = [x for row in section.rows for x in row["rss_mb_per_worker"]]
@@ -97,6 +102,13 @@ async def run_soak(run: Run, section: Section) -> None:
         f"{len(COUNTERS)} desks ({len(sent)} calls), {fleet.connected} SSE clients ({len(boards)} boards). "
         f"RSS per worker {first} MB → {last} MB."
     )
+    if waits is not None:
+        section.notes.append(
+            "PostgreSQL sampled every 0.25 s: wal_wait_pct is the share of samples in which a commit "
+            "waited for the write-ahead log (its fsync or write, or the lock of the commit doing one), "
+            "checkpoint_pct the share in which a checkpoint was writing pages. A share's acknowledgement "
+            "and a clerk's call both wait for their commit; the board events do not."
+        )
     total_errors = share_errors + call_errors + dropped + fleet.failed + missing
     section.check("soak errors = 0", total_errors == 0,
                   f"{share_errors} share errors, {call_errors} call errors, {fleet.failed} SSE connect failures, "

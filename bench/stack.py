@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from bench.loadgen import encode
+from bench.pgwaits import WaitSampler
 from bench.procs import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -126,6 +127,24 @@ class Stack:
         q = text("SELECT relname, seq_tup_read FROM pg_stat_user_tables")
         with sync_engine(self.settings).connect() as conn:
             return {str(r[0]): int(r[1]) for r in conn.execute(q)}
+
+    def wal_bytes(self) -> int | None:
+        """Bytes PostgreSQL has written to its write-ahead log so far (None on SQLite): every row version,
+        row lock and index entry a statement makes goes through it, and each commit waits for it to
+        reach the disk, so its growth per share is the database's share of the work, whatever the
+        box's speed."""
+        if not self.database_url.startswith("postgresql"):
+            return None
+        with sync_engine(self.settings).connect() as conn:
+            return int(conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")).scalar_one())
+
+    def wait_sampler(self) -> WaitSampler | None:
+        """A started sampler of PostgreSQL's waits (None on SQLite); the caller stops it."""
+        if not self.database_url.startswith("postgresql"):
+            return None
+        sampler = WaitSampler(sync_engine(self.settings))
+        sampler.start()
+        return sampler
 
     def received(self) -> list[list[object]]:
         r = httpx.get(self.gateway_url + "/bench/received", timeout=30)
