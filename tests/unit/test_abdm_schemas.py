@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -405,6 +406,11 @@ def test_round_trips() -> None:
     text = json.dumps(share.to_json(), ensure_ascii=False)
     assert ShareRequest.from_json(text) == share
     assert PatientProfile.from_json(json.dumps(share.profile.to_json()).encode()) == share.profile
+    # Every field, the address as a copy of its own (the snapshot stored must not alias the profile).
+    snapshot = share.profile.to_json()
+    assert snapshot == dataclasses.asdict(share.profile)
+    snapshot["address"]["line"] = "changed"
+    assert share.profile.address["line"] != "changed"
 
 
 # ---- property tests: garbage in, ShareParseError out ----
