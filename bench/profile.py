@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("share parse + validation", r"abdm/schemas\.py|abdm/profile\.py"),
     ("Lua issue call (TokenQueue.issue)", r"TokenQueue\.issue"),
     ("SQL writer task (group commit), all units", r"SqlWriter\._run"),
-    ("  rows: tokens (upsert + patient)", r"_(upsert|attach)_rows \(token_service/records/tokens\.py"),
+    ("  rows: tokens (upsert, with the shared profile)", r"_upsert_rows \(token_service/records/tokens\.py"),
     ("  rows: on-share (upsert, attempts, outcomes)", r"_(upsert|attempt|outcome)_rows \(token_service/abdm/outbox\.py"),
     ("  rows: history (token_event)", r"_event_rows \(token_service/records/tokens\.py"),
     ("outbox delivery (claim, POST on-share, mark done)", r"Outbox\._deliver"),

@@ -56,8 +56,10 @@ async def run_intake(run: Run, section: Section) -> None:
 
     await load(budget // 10, concurrency=16, duration_s=step / 2)  # warm-up, not reported
     cpu_before, scans_before, wal_before = stack.cpu_seconds(), stack.scanned_rows(), stack.wal_bytes()
+    calls_before = stack.redis_calls()
     res = await load(budget, concurrency=CLOSED_CONCURRENCY, duration_s=step)
     cpu_after, scans_after, wal_after = stack.cpu_seconds(), stack.scanned_rows(), stack.wal_bytes()
+    calls_after = stack.redis_calls()
     max_rate = res.ok_count(202) / res.elapsed_s
     per_share = {
         k: max(0.0, cpu_after[k] - cpu_before[k]) * 1000 / max(1, res.ok_count(202)) for k in cpu_after
@@ -71,6 +73,17 @@ async def run_intake(run: Run, section: Section) -> None:
         f"{cores * 1000 / max(0.01, sum(per_share.values())):.0f} shares/s."
     )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None))
+    shares = max(1, res.ok_count(202))
+    calls = {
+        k: (n - calls_before.get(k, 0)) / shares for k, n in calls_after.items() if n > calls_before.get(k, 0)
+    }
+    calls.pop("info", None)  # the benchmark's own reads
+    run.figures["redis_calls_per_share"] = {k: round(v, 2) for k, v in sorted(calls.items())}
+    section.notes.append(
+        f"Redis ran {sum(calls.values()):.1f} commands per share during the closed loop ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+        + "; the commands a script runs count as well as its evalsha)."
+    )
     if wal_before is not None and wal_after is not None:
         wal = (wal_after - wal_before) / max(1, res.ok_count(202))
         run.figures["wal_bytes_per_share"] = round(wal)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import redis
 from sqlalchemy import text
 from sqlmodel import Session
 
@@ -137,6 +138,16 @@ class Stack:
             return None
         with sync_engine(self.settings).connect() as conn:
             return int(conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")).scalar_one())
+
+    def redis_calls(self) -> dict[str, int]:
+        """Commands Redis has run so far, by name (INFO commandstats): a script's own commands count
+        under the script's call, not one by one."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
+        finally:
+            client.close()
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
     def wait_sampler(self) -> WaitSampler | None:
         """A started sampler of PostgreSQL's waits (None on SQLite); the caller stops it."""
