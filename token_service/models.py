@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Index, Integer, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -100,7 +111,8 @@ class TokenRecord(SQLModel, table=True):
     priority: str = Field(max_length=16)
     source: str = Field(max_length=16)
     abha_address: str | None = Field(default=None, max_length=120)
-    request_id: str | None = Field(default=None, max_length=64, index=True)
+    # Not indexed: a REQUEST-ID is looked up in Redis, and in SQL by the on-share's unique key.
+    request_id: str | None = Field(default=None, max_length=64)
     desk: str | None = Field(default=None, max_length=20)
     skips: int = 0
     recalls: int = 0
@@ -172,14 +184,21 @@ class OnShare(SQLModel, table=True):
     """Outbox row: one on-share owed to the ABDM gateway for one inbound share."""
 
     __tablename__ = "on_share"
-    __table_args__ = (UniqueConstraint("hip_id", "request_id", name="uq_onshare_request"),)
+    # Every share adds a row and changes its status once. Only the pending rows are indexed by status
+    # (the sweep's question): a row's move to sent or failed then adds no entry to that index, and
+    # facility lookups use the unique key's leading column.
+    __table_args__ = (
+        UniqueConstraint("hip_id", "request_id", name="uq_onshare_request"),
+        Index("ix_on_share_pending", "id", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+    )  # fmt: skip
     id: int | None = Field(default=None, primary_key=True)
-    hip_id: str = Field(max_length=64, index=True)
+    hip_id: str = Field(max_length=64)
     request_id: str = Field(max_length=64)  # the inbound REQUEST-ID
     version: str = Field(max_length=4)  # v3 | v1
     token_id: str | None = Field(default=None, max_length=120)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="pending", max_length=16, index=True)  # pending | sent | failed
+    status: str = Field(default="pending", max_length=16)  # pending | sent | failed
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))

@@ -33,7 +33,7 @@ import orjson
 from prometheus_client import Counter as PromCounter
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import bindparam, func, literal_column, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 ON_SHARE = OnShare.__table__  # type: ignore[attr-defined]
 ATTEMPT = OnShareAttempt.__table__  # type: ignore[attr-defined]
+# "Still owed", written into the SQL rather than bound: the pending rows have an index of their own
+# (`ix_on_share_pending`), and only a constant lets a prepared statement's generic plan use it. A
+# bound 'pending' gave the outcome update a sequential scan of the whole table per batch.
+_PENDING = ON_SHARE.c.status == literal_column("'pending'")
 
 # Every outbox key, with its lifetime. One hash tag so every script touches a single cluster slot.
 KEY_PREFIX = "opd:{onshare}:"
@@ -320,7 +324,7 @@ async def _attempt_rows(conn: AsyncConnection, rows: list[Row]) -> None:
 
 _OUTCOME = (
     update(ON_SHARE)
-    .where(ON_SHARE.c.id == bindparam("oid"), ON_SHARE.c.status == "pending")
+    .where(ON_SHARE.c.id == bindparam("oid"), _PENDING)
     .values(
         status=bindparam("new_status"),
         attempts=ON_SHARE.c.attempts + bindparam("inc"),
@@ -333,7 +337,7 @@ _OUTCOME_ROWS = json_rows([("oid", ON_SHARE.c.id.type), ("new_status", ON_SHARE.
                            ("sent", ON_SHARE.c.sent_at.type)])  # fmt: skip
 _OUTCOME_JSON = (
     update(ON_SHARE)
-    .where(ON_SHARE.c.id == _OUTCOME_ROWS.c.oid, ON_SHARE.c.status == "pending")
+    .where(ON_SHARE.c.id == _OUTCOME_ROWS.c.oid, _PENDING)
     .values(
         status=_OUTCOME_ROWS.c.new_status,
         attempts=ON_SHARE.c.attempts + _OUTCOME_ROWS.c.inc,
@@ -346,6 +350,14 @@ _OUTCOME_JSON = (
 async def _outcome_rows(conn: AsyncConnection, rows: list[Row]) -> None:
     await execute_rows(conn, sorted(rows, key=lambda r: int(r["oid"])), json=_OUTCOME_JSON, plain=_OUTCOME)
 
+
+# The sweep's question: the oldest rows still owed.
+_SWEEP = (
+    select(ON_SHARE.c.id, ON_SHARE.c.deadline_at)
+    .where(_PENDING)
+    .order_by(ON_SHARE.c.id)
+    .limit(bindparam("limit"))
+)
 
 # Operations for the SQL writer's batches (after the token rows of the same share).
 ONSHARE_UPSERT = RowOp("on-share upsert", 35, _upsert_rows)
@@ -679,14 +691,7 @@ class Outbox:
         """Queue pending rows nobody holds (crash, restart, lost Redis) once they are past the grace
         period; fail those past the deadline."""
         async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(ON_SHARE.c.id, ON_SHARE.c.deadline_at)
-                    .where(ON_SHARE.c.status == "pending")
-                    .order_by(ON_SHARE.c.id)
-                    .limit(limit)
-                )
-            ).all()
+            rows = (await conn.execute(_SWEEP, {"limit": limit})).all()
         now = time.time()
         # Rows record their deadline, not their age: deadline - this = the newest a row may be.
         youngest = now + self.deadline_s - min(SWEEP_GRACE_S, self.deadline_s * 0.4)
