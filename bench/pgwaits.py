@@ -21,6 +21,13 @@ WAL_WAITS = {("IO", "WALSync"), ("IO", "WALWrite"), ("LWLock", "WALWrite")}
 # The checkpointer waits on CheckpointerMain between checkpoints; anything else is a checkpoint at work.
 CHECKPOINTER_IDLE = "CheckpointerMain"
 
+# What the report says about the columns `WaitSampler.window` adds.
+NOTE = (
+    "PostgreSQL sampled every 0.25 s: wal_wait_pct is the share of samples in which a commit waited for "
+    "the write-ahead log (its fsync or write, or the lock of the commit doing one), checkpoint_pct the "
+    "share in which a checkpoint was writing pages, wal_waiters_max the most commits seen waiting at once."
+)
+
 _QUERY = text(
     "SELECT backend_type, wait_event_type, wait_event FROM pg_stat_activity"
     " WHERE (datname = current_database() AND state = 'active' AND pid <> pg_backend_pid())"
@@ -41,7 +48,6 @@ class WaitSampler:
 
     engine: Engine
     samples: list[Sample] = field(default_factory=list)
-    errors: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -58,12 +64,9 @@ class WaitSampler:
     def _run(self) -> None:
         with self.engine.connect() as conn:
             while not self._stop.wait(SAMPLE_EVERY_S):
-                try:
-                    rows = conn.execute(_QUERY).all()
-                    conn.rollback()  # a fresh statistics snapshot next time
-                except Exception:
-                    self.errors += 1
-                    continue
+                # A failed sample ends the thread with its traceback; the windows after it show no figures.
+                rows = conn.execute(_QUERY).all()
+                conn.rollback()  # a fresh statistics snapshot next time
                 waiters = sum(
                     1
                     for kind, etype, event in rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import checks
+from bench import checks, pgwaits
 from bench.context import Run
 from bench.loadgen import LoadResult, drive
 from bench.stats import Section, summary_ms
@@ -132,10 +132,7 @@ async def run_intake(run: Run, section: Section) -> None:
         if waits is not None:
             waits.stop()
     if waits is not None:
-        section.notes.append(
-            "wal_wait_pct: the share of PostgreSQL samples (every 0.25 s) in which a commit waited for "
-            "the write-ahead log; checkpoint_pct: in which a checkpoint was writing pages."
-        )
+        section.notes.append(pgwaits.NOTE)
     run.figures["shares_max_per_s"] = max_rate
     section.notes.append(
         "Latency is from the intended send time (open loop), so queueing inside the service is counted. "

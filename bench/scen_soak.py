@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from bench import checks
+from bench import checks, pgwaits
 from bench.context import Run
 from bench.loadgen import drive
 from bench.procs import COUNTERS
@@ -103,12 +103,8 @@ async def run_soak(run: Run, section: Section) -> None:
         f"RSS per worker {first} MB → {last} MB."
     )
     if waits is not None:
-        section.notes.append(
-            "PostgreSQL sampled every 0.25 s: wal_wait_pct is the share of samples in which a commit "
-            "waited for the write-ahead log (its fsync or write, or the lock of the commit doing one), "
-            "checkpoint_pct the share in which a checkpoint was writing pages. A share's acknowledgement "
-            "and a clerk's call both wait for their commit; the board events do not."
-        )
+        section.notes.append(pgwaits.NOTE + " A share's acknowledgement and a clerk's call both wait for "
+                             "their commit; the board events do not.")  # fmt: skip
     total_errors = share_errors + call_errors + dropped + fleet.failed + missing
     section.check("soak errors = 0", total_errors == 0,
                   f"{share_errors} share errors, {call_errors} call errors, {fleet.failed} SSE connect failures, "

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import redis
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from bench.loadgen import encode
@@ -74,6 +75,21 @@ class Stack:
     signer: SandboxState
     jwts: list[str] = field(default_factory=list)
     others: dict[str, Child] = field(default_factory=dict)  # redis, sandbox: for CPU accounting
+    _engine: Engine | None = field(default=None, init=False, repr=False)
+
+    @property
+    def postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def sql(self) -> Engine:
+        """The benchmark's own connection pool to the service's database (one per stack)."""
+        if self._engine is None:
+            self._engine = sync_engine(self.settings)
+        return self._engine
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU seconds used so far by each part of the stack on this box (PostgreSQL: all
@@ -117,16 +133,16 @@ class Stack:
             "SELECT origin_counter, CAST(local_date AS TEXT), COUNT(*), COUNT(DISTINCT number), MIN(number),"
             " MAX(number) FROM token GROUP BY origin_counter, local_date"
         )
-        with sync_engine(self.settings).connect() as conn:
+        with self.sql().connect() as conn:
             return [(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in conn.execute(q)]
 
     def scanned_rows(self) -> dict[str, int]:
         """Rows each table has given to sequential scans so far (PostgreSQL's statistics; {} on SQLite). A
         statement that scans a growing table on the share path shows here long before it shows as speed."""
-        if not self.database_url.startswith("postgresql"):
+        if not self.postgres:
             return {}
         q = text("SELECT relname, seq_tup_read FROM pg_stat_user_tables")
-        with sync_engine(self.settings).connect() as conn:
+        with self.sql().connect() as conn:
             return {str(r[0]): int(r[1]) for r in conn.execute(q)}
 
     def wal_bytes(self) -> int | None:
@@ -134,14 +150,14 @@ class Stack:
         row lock and index entry a statement makes goes through it, and each commit waits for it to
         reach the disk, so its growth per share is the database's share of the work, whatever the
         box's speed."""
-        if not self.database_url.startswith("postgresql"):
+        if not self.postgres:
             return None
-        with sync_engine(self.settings).connect() as conn:
+        with self.sql().connect() as conn:
             return int(conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")).scalar_one())
 
     def redis_calls(self) -> dict[str, int]:
-        """Commands Redis has run so far, by name (INFO commandstats): a script's own commands count
-        under the script's call, not one by one."""
+        """Commands Redis has run so far, by name (INFO commandstats): the commands a script runs count
+        one by one, besides its EVALSHA."""
         client = redis.Redis.from_url(self.redis_url)
         try:
             stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
@@ -151,7 +167,7 @@ class Stack:
 
     def wait_sampler(self) -> WaitSampler | None:
         """A started sampler of PostgreSQL's waits (None on SQLite); the caller stops it."""
-        if not self.database_url.startswith("postgresql"):
+        if not self.postgres:
             return None
         sampler = WaitSampler(sync_engine(self.settings))
         sampler.start()
@@ -182,6 +198,7 @@ def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]
     children: list[Child] = []
     database_url = create_database() if database == "postgres" else ""
     service: Service | None = None
+    stack: Stack | None = None
     try:
         redis_child, redis_url = start_redis(workdir)
         children.append(redis_child)
@@ -193,10 +210,13 @@ def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]
         seed(settings_for(workdir, redis_url, database_url, gateway_url))
         service = Service(workdir, redis_url, database_url, gateway_url, workers).start()
         others = {"Redis": redis_child, "sandbox gateway": sandbox_child}
-        yield Stack(
+        stack = Stack(
             workdir, redis_url, database_url, gateway_url, service, SandboxState.create(key), others=others
         )
+        yield stack
     finally:
+        if stack is not None:
+            stack.dispose()
         if service is not None:
             service.stop()
         for child in reversed(children):
