@@ -97,3 +97,36 @@ def test_statements_on_pending_on_shares_use_their_index(tmp_path: Path, postgre
                 assert "ix_on_share_pending" in plan and "Seq Scan on on_share" not in plan, (name, plan)
     finally:
         engine.dispose()
+
+
+def test_the_token_upsert_probes_stored_rows_by_key(tmp_path: Path, postgres_database_url: str) -> None:
+    """The token upsert looks up each row's stored version by primary key (an index probe per row), in
+    a prepared statement's generic plan too; a join over the whole table would cost more than the row
+    locks the lookup saves."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    from token_service.records.tokens import _statement
+    from token_service.records.writer import _pg_statement
+
+    settings = make_settings(tmp_path, "redis://unused", postgres_database_url)
+    db.migrate(settings)
+    upsert = _pg_statement(_statement("json", "token"), PGDialect_psycopg(), ("rows",))
+    assert upsert is not None and not upsert.constants
+    engine = db.sync_engine(settings)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO token (id, public_id, hip_id, counter, origin_counter, local_date, number, "
+                'label, status, priority, source, skips, recalls, "order", version, issued_at, '
+                "expires_at, day_end_at, updated_at) SELECT 'T' || g, 'p' || g, 'H', 'OPD1', 'OPD1', "
+                "current_date, g, 'A' || g, 'waiting', 'normal', 'scan_share', 0, 0, g, 1, now(), now(), "
+                "now(), now() FROM generate_series(1, 20000) g"
+            )
+            conn.exec_driver_sql("ANALYZE token")
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql(f"PREPARE upsert AS {upsert.sql.replace('%(rows)s', '$1')}")
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN EXECUTE upsert('[]')"))
+            assert "Index Scan using token_pkey on token stored" in plan, plan
+            assert "Seq Scan on token" not in plan and "Hash" not in plan, plan
+    finally:
+        engine.dispose()

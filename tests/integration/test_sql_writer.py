@@ -187,7 +187,9 @@ def test_a_later_state_written_first_gets_the_issues_identity(
             # The retention purge clears a row (only ever one issued before the live queue's lifetime);
             # a late copy of its issue event, even with the profile, does not refill it.
             async with engine.begin() as conn:
-                await conn.execute(TOKEN.update().values(issued_at=datetime.now(UTC) - timedelta(days=MIN_DAYS + 1)))
+                await conn.execute(
+                    TOKEN.update().values(issued_at=datetime.now(UTC) - timedelta(days=MIN_DAYS + 1))
+                )
             assert (await retention.purge(engine, MIN_DAYS)).tokens == 4
             await writer.submit_rows(token_rows([_token(2)], patient))
             async with engine.connect() as conn:
@@ -347,3 +349,84 @@ def test_statements_compile_once(tmp_path: Path, postgres_database_url: str, red
 
     sizes = asyncio.run(scenario())
     assert sizes[1:] == [sizes[0]] * 3, sizes
+
+
+def test_a_copy_that_changes_nothing_leaves_the_row_alone(
+    tmp_path: Path, postgres_database_url: str, redis_url: str
+) -> None:
+    """The recorder's copy of a state already stored neither rewrites nor locks the row (a lock is a
+    WAL record every commit waits for); a copy with something to give still lands in the same batch."""
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+
+    def anonymous(t: Token) -> Token:
+        return dataclasses.replace(t, abha_address=None, request_id=None)
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            await writer.submit_rows([
+                *token_rows([_token(1)], {"name": "Sita Devi"}),
+                *token_rows([_token(2, version=2, status=Status.CALLED, desk="D1")]),
+                *token_rows([anonymous(_token(3))]),
+            ])  # fmt: skip
+
+            async def stamps() -> dict[int, tuple[str, str]]:
+                async with engine.connect() as conn:
+                    rows = await conn.execute(text("SELECT number, xmin::text, xmax::text FROM token"))
+                    return {n: (xmin, xmax) for n, xmin, xmax in rows}
+
+            before = await stamps()
+            assert all(xmax == "0" for _, xmax in before.values()), before
+            # Copies of what is stored (an older version for 2), and for 3 the identity it lacked.
+            await writer.submit_rows(token_rows([_token(1), _token(2), _token(3)]))
+            after = await stamps()
+            assert after[1] == before[1] and after[2] == before[2], (before, after)
+            assert after[3][0] != before[3][0]  # rewritten: it gained its identity
+            async with engine.connect() as conn:
+                toks = {r.number: r for r in await conn.execute(select(TOKEN))}
+            assert toks[1].patient == {"name": "Sita Devi"}
+            assert (toks[2].status, toks[2].version) == ("called", 2)
+            assert (toks[3].abha_address, toks[3].request_id) == ("p3@sbx", "req-3")
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_is_one_round_trip(
+    tmp_path: Path, postgres_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's statements, the on-share upsert's RETURNING among them, and its COMMIT reach
+    PostgreSQL in one pipeline and come back in one answer: each acknowledgement in it waits for one
+    round trip to the database, not one per RETURNING read plus one for the COMMIT and one more for
+    leaving the pipeline. The on-share ids are read from that answer."""
+    from psycopg._pipeline_base import BasePipeline
+
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+    trips: list[str] = []
+    fetch, sync = BasePipeline._fetch_gen, BasePipeline._sync_gen
+
+    def counted_fetch(self: Any, *, flush: bool) -> Any:
+        if flush:  # a flush request: the client waits for the server's answers so far
+            trips.append("flush")
+        return fetch(self, flush=flush)
+
+    def counted_sync(self: Any) -> Any:
+        trips.append("sync")
+        return sync(self)
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            await writer.submit_rows(token_rows([_token(1)]))  # the writer connects
+            monkeypatch.setattr(BasePipeline, "_fetch_gen", counted_fetch)
+            monkeypatch.setattr(BasePipeline, "_sync_gen", counted_sync)
+            t2, t3 = _token(2), _token(3)
+            answers = await asyncio.gather(
+                writer.submit_rows([*token_rows([t2], {"name": "a"}), (ONSHARE_UPSERT, _share_row("req-2", t2.id, "a"))]),
+                writer.submit_rows([*token_rows([t3], {"name": "b"}), (ONSHARE_UPSERT, _share_row("req-3", t3.id, "b")),
+                                    (EVENT_INSERT, event_row(HIP, "1-3", "issued", T0, "", t3))]),
+            )  # fmt: skip
+            monkeypatch.undo()
+            assert trips == ["flush"], trips  # leaving the pipeline: its Sync, then the answers
+            async with engine.connect() as conn:
+                ids = dict((await conn.execute(select(ON_SHARE.c.request_id, ON_SHARE.c.id))).all())
+            assert answers == [[None, ids["req-2"]], [None, ids["req-3"], None]]
+
+    asyncio.run(scenario())

@@ -25,6 +25,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
@@ -44,10 +45,11 @@ from token_service.clock import Clock
 from token_service.models import OnShare, OnShareAttempt
 from token_service.queue.scripts import ScriptBatch
 from token_service.records.writer import (
+    Later,
     Row,
     RowOp,
     SqlWriter,
-    execute_json_rows,
+    execute_json_rows_returning,
     execute_rows,
     json_rows,
     json_rows_insert,
@@ -293,23 +295,32 @@ def _upsert_statement(flavour: str) -> Any:
     return stmt
 
 
-async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int]:
-    """Insert or re-arm on-share rows; their ids, in the rows' order."""
+async def _upsert_rows(conn: AsyncConnection, rows: list[Row]) -> list[int] | Later:
+    """Insert or re-arm on-share rows; their ids, in the rows' order (on PostgreSQL read after the
+    batch's commit, which brings them back)."""
     last: dict[tuple[str, str], Row] = {}
     for row in rows:  # the same share twice in one batch: one statement row, both get its id
         last[(row["hip_id"], row["request_id"])] = row
     ordered = [last[k] for k in sorted(last)]  # one lock order for every writer
+
+    def in_order(found: Iterable[Sequence[Any]]) -> list[int]:
+        ids = {(hip, req): int(i) for hip, req, i in found}
+        return [ids[(row["hip_id"], row["request_id"])] for row in rows]
+
     if psycopg_path(conn):
-        found: Any = await execute_json_rows(conn, _upsert_statement("json"), ordered, returning=True)
-    else:
-        await conn.execute(_upsert_statement(conn.dialect.name), ordered)
-        found = await conn.execute(
-            select(ON_SHARE.c.hip_id, ON_SHARE.c.request_id, ON_SHARE.c.id).where(
-                tuple_(ON_SHARE.c.hip_id, ON_SHARE.c.request_id).in_(list(last))
-            )
+        read = await execute_json_rows_returning(conn, _upsert_statement("json"), ordered)
+
+        async def ids_after_commit() -> list[int]:
+            return in_order(await read())
+
+        return Later(ids_after_commit)
+    await conn.execute(_upsert_statement(conn.dialect.name), ordered)
+    found = await conn.execute(
+        select(ON_SHARE.c.hip_id, ON_SHARE.c.request_id, ON_SHARE.c.id).where(
+            tuple_(ON_SHARE.c.hip_id, ON_SHARE.c.request_id).in_(list(last))
         )
-    ids = {(hip, req): int(i) for hip, req, i in found}
-    return [ids[(row["hip_id"], row["request_id"])] for row in rows]
+    )
+    return in_order(found)
 
 
 _ATTEMPT_COLUMNS = ("on_share_id", "at", "outbound_request_id", "status_code", "ok", "error", "duration_ms")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal_column, or_, select
+from sqlalchemy import and_, case, false, func, literal_column, not_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -87,6 +87,32 @@ def _live_since(flavour: str) -> Any:
     return func.now() - literal_column(f"interval '{keys.TOKEN_TTL_S} seconds'")
 
 
+def _may_change(r: Any) -> Any:
+    """PostgreSQL: whether a row's upsert may change the stored token, by one primary-key probe per row.
+
+    An `ON CONFLICT DO UPDATE` whose `WHERE` refuses still locks the row, and the lock is a WAL record
+    that every commit waits for. Most of the recorder's copies are such rows: the request that changed
+    the token wrote the same state through half a second before. The probe lets through every row the
+    upsert could change (not stored, a newer version, an identity column or the profile to fill), as
+    the statement's snapshot sees it; a row changed since then is only newer or fuller, so a row held
+    back here would have been refused by the upsert too. A scalar subquery, not `NOT EXISTS`: the
+    planner turned that into a hash anti-join over the whole table, while this stays an index probe.
+    """
+    stored = TOKEN.alias("stored")
+    unchanged = (
+        select(
+            and_(
+                stored.c.version >= r.version,
+                *(or_(r[c].is_(None), stored.c[c].isnot(None)) for c in _IDENTITY),
+                or_(r.patient.is_(None), stored.c.patient.isnot(None)),
+            )
+        )
+        .where(stored.c.id == r.id)
+        .scalar_subquery()
+    )
+    return not_(func.coalesce(unchanged, false()))
+
+
 def _statement(flavour: str, kind: str) -> Any:
     """The token upsert (`kind` "token") or history insert ("event"), built once per flavour: "json" for
     PostgreSQL through psycopg (a batch's rows as one JSON parameter, see `execute_json_rows`), else the
@@ -101,7 +127,10 @@ def _statement(flavour: str, kind: str) -> Any:
         table = TOKEN if kind == "token" else EVENT
         ins: Any
         if flavour == "json":
-            ins = json_rows_insert(table, _TOKEN_COLUMNS if kind == "token" else _EVENT_COLUMNS)
+            if kind == "token":
+                ins = json_rows_insert(table, _TOKEN_COLUMNS, where=_may_change)
+            else:
+                ins = json_rows_insert(table, _EVENT_COLUMNS)
         else:
             ins = (postgresql.insert if flavour == "postgresql" else sqlite.insert)(table)
         if kind == "token":

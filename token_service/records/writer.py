@@ -38,17 +38,27 @@ Row = dict[str, Any]
 MAX_BATCH = 256
 
 
+@dataclass(frozen=True)
+class Later:
+    """Results read once the batch has committed: in a PostgreSQL pipeline the RETURNING rows of a
+    statement come back with the COMMIT's answer, so reading them earlier would cost a round trip of
+    its own (and every acknowledgement in the batch would wait for it)."""
+
+    read: Callable[[], Awaitable[Sequence[Any]]]
+
+
 @dataclass(frozen=True, eq=False)
 class RowOp:
     """One statement shape executed with the rows of every unit in a batch.
 
-    `run(conn, rows)` returns one result per row (in the rows' order) or None when there is nothing to
-    hand back; each unit receives the results of its own rows.
+    `run(conn, rows)` returns one result per row (in the rows' order), a `Later` that reads them after
+    the commit, or None when there is nothing to hand back; each unit receives the results of its own
+    rows.
     """
 
     name: str
     order: int
-    run: Callable[[AsyncConnection, list[Row]], Awaitable[Sequence[Any] | None]]
+    run: Callable[[AsyncConnection, list[Row]], Awaitable[Sequence[Any] | Later | None]]
 
 
 Rows = Sequence[tuple[RowOp, Row]]
@@ -89,7 +99,14 @@ class SqlWriter:
 
     async def _connection(self) -> AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = await self.engine.connect()
+            conn = await self.engine.connect()
+            if psycopg_path(conn):
+                # Each batch queues its own BEGIN and COMMIT in its pipeline (`_write`). Left to
+                # psycopg, the BEGIN would be followed by a Sync of its own: a round trip per batch
+                # spent on nothing. (Set through SQLAlchemy, which resets it if the connection ever
+                # goes back to the pool.)
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._conn = conn
         return self._conn
 
     async def _drop_connection(self) -> None:
@@ -269,10 +286,15 @@ def json_rows(columns: Sequence[tuple[str, TypeEngine[Any]]]) -> Any:
     )
 
 
-def json_rows_insert(table: Table, names: Sequence[str]) -> postgresql.Insert:
-    """``INSERT INTO table (names) SELECT ... FROM json_rows(...)``: rows keyed by column name."""
+def json_rows_insert(
+    table: Table, names: Sequence[str], where: Callable[[Any], Any] | None = None
+) -> postgresql.Insert:
+    """``INSERT INTO table (names) SELECT ... FROM json_rows(...)``: rows keyed by column name; with
+    `where`, only the rows its condition (built on the rows' columns ``r.c``) lets through."""
     src = json_rows([(n, table.c[n].type) for n in names])
     chosen = select(*(src.c[n] for n in names))
+    if where is not None:
+        chosen = chosen.where(where(src.c))
     return postgresql.insert(table).from_select(list(names), chosen, include_defaults=False)
 
 
@@ -281,24 +303,47 @@ def _unsized(type_: TypeEngine[Any]) -> TypeEngine[Any]:
     return String() if isinstance(impl, String) else type_
 
 
-async def execute_json_rows(
-    conn: AsyncConnection, stmt: UpdateBase, rows: list[Row], *, returning: bool = False
-) -> list[tuple[Any, ...]] | None:
+async def execute_json_rows(conn: AsyncConnection, stmt: UpdateBase, rows: list[Row]) -> None:
     """Run `stmt` (reading its rows from `json_rows`) once with every row in one JSON array
-    (PostgreSQL); with `returning`, the RETURNING rows (in no particular order).
+    (PostgreSQL).
 
     One statement and one parameter per batch: psycopg's executemany adapts every parameter of every
     row and sends a statement per row, which cost more of a worker's CPU than the database's work. The
     rows must be JSON-ready (str, int, float, bool, None, date and aware datetime, dicts and lists;
     orjson writes them).
     """
+    if rows:
+        async with await _json_rows_cursor(conn, stmt, rows):
+            pass
+
+
+async def execute_json_rows_returning(
+    conn: AsyncConnection, stmt: UpdateBase, rows: list[Row]
+) -> Callable[[], Awaitable[list[tuple[Any, ...]]]]:
+    """`execute_json_rows` for a statement with RETURNING: sends it, and returns the function that
+    reads its rows (in no particular order). Inside the writer's pipeline, read them after the commit
+    (`Later`): they arrive with its answer."""
     if not rows:
-        return [] if returning else None
+
+        async def nothing() -> list[tuple[Any, ...]]:
+            return []
+
+        return nothing
+    cur = await _json_rows_cursor(conn, stmt, rows)
+
+    async def read() -> list[tuple[Any, ...]]:
+        async with cur:
+            return list(await cur.fetchall())
+
+    return read
+
+
+async def _json_rows_cursor(conn: AsyncConnection, stmt: UpdateBase, rows: list[Row]) -> Any:
     fast = _pg_statement(stmt, conn.dialect, (JSON_ROWS,))
     assert fast is not None, "a statement on json_rows compiles to plain SQL"
-    async with (await _psycopg(conn)).cursor() as cur:
-        await cur.execute(fast.sql, fast.params({JSON_ROWS: rows}))
-        return list(await cur.fetchall()) if returning else None
+    cur = (await _psycopg(conn)).cursor()
+    await cur.execute(fast.sql, fast.params({JSON_ROWS: rows}))
+    return cur
 
 
 async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any]]:
@@ -306,8 +351,9 @@ async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any
     rows.
 
     On PostgreSQL the whole batch, COMMIT included, goes out as one psycopg pipeline: its statements
-    reach the server together and their results come back together, one round trip for the lot (plus
-    one per RETURNING read) instead of one per statement kind and one for the COMMIT. Every round trip
+    reach the server together and their results come back together, one round trip for the lot
+    instead of one per statement kind and one for the COMMIT. RETURNING rows are read after it
+    (`Later`), from the answers it brought. Every round trip
     waits for the server process to be scheduled; on a busy box those waits, not the work, were most
     of a transaction's time.
 
@@ -316,38 +362,73 @@ async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any
     less per batch). A batch with a work function runs inside SQLAlchemy's `begin()`, since the work
     executes through SQLAlchemy.
     """
+    results = _Results(batch)
     if not psycopg_path(conn):
         async with conn.begin():
-            return await _run_units(conn, batch)
+            await _run_units(conn, batch, results)
+        return await results.read_later()
     driver = await _psycopg(conn)
     if any(unit.work is not None for unit in batch):
         async with conn.begin():
             async with driver.pipeline():
-                results = await _run_units(conn, batch)
+                await _queue_begin(driver)
+                await _run_units(conn, batch, results)
                 # Leaving `begin()` then finds no transaction open and sends nothing more.
-                await driver.commit()
-        return results
+                await _queue(driver, "COMMIT")
+        return await results.read_later()
     async with driver.pipeline():
-        results = await _run_units(conn, batch)
-        await driver.commit()
+        await _queue_begin(driver)
+        await _run_units(conn, batch, results)
+        await _queue(driver, "COMMIT")
     if conn.in_transaction():  # an operation went through SQLAlchemy: end its (already committed) one
         await conn.commit()
-    return results
+    return await results.read_later()
 
 
-async def _run_units(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any]]:
+async def _queue_begin(driver: Any) -> None:
+    """BEGIN, queued in the pipeline, on the writer's own connection (in autocommit mode, so psycopg
+    starts no transaction of its own). On any other connection psycopg's own BEGIN opens it."""
+    if driver.autocommit:
+        await _queue(driver, "BEGIN")
+
+
+async def _queue(driver: Any, command: str) -> None:
+    """A transaction command queued in the pipeline: leaving the pipeline sends it with the batch's
+    statements and one Sync, and brings every answer back at once. psycopg's `commit()` would sync by
+    itself, and leaving the pipeline would then sync once more: two round trips where one does. A
+    statement that fails aborts the rest of the pipeline, its COMMIT included; leaving it raises the
+    error, and the writer drops the connection."""
+    await driver.execute(command, prepare=False)
+
+
+class _Results:
+    """Per unit of a batch, the results of its rows; some are read only after the commit."""
+
+    def __init__(self, batch: Sequence[_Unit]) -> None:
+        self.by_unit: list[list[Any]] = [[None] * len(unit.rows) for unit in batch]
+        self.later: list[tuple[list[tuple[int, int]], Later]] = []
+
+    def put(self, where: list[tuple[int, int]], answer: Sequence[Any] | Later | None) -> None:
+        if isinstance(answer, Later):
+            self.later.append((where, answer))
+        elif answer is not None:
+            for (u, r), value in zip(where, answer, strict=True):
+                self.by_unit[u][r] = value
+
+    async def read_later(self) -> list[list[Any]]:
+        for where, later in self.later:
+            self.put(where, await later.read())
+        return self.by_unit
+
+
+async def _run_units(conn: AsyncConnection, batch: Sequence[_Unit], results: _Results) -> None:
     for unit in batch:
         if unit.work is not None:
             await unit.work(conn)
-    results: list[list[Any]] = [[None] * len(unit.rows) for unit in batch]
     by_op: dict[RowOp, list[tuple[int, int]]] = {}
     for u, unit in enumerate(batch):
         for r, (op, _) in enumerate(unit.rows):
             by_op.setdefault(op, []).append((u, r))
     for op in sorted(by_op, key=lambda o: o.order):
         where = by_op[op]
-        answer = await op.run(conn, [batch[u].rows[r][1] for u, r in where])
-        if answer is not None:
-            for (u, r), value in zip(where, answer, strict=True):
-                results[u][r] = value
-    return results
+        results.put(where, await op.run(conn, [batch[u].rows[r][1] for u, r in where]))
