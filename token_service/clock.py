@@ -31,12 +31,25 @@ class FakeClock:
         self.ms += int(seconds * 1000)
 
 
+# Per timezone, the last day looked up: (first ms, end ms, local date). Every token issue asks for the
+# facility's day; the answer changes at midnight only.
+_DAYS: dict[str, tuple[int, int, date]] = {}
+
+
 def local_day(now_ms: int, timezone: str) -> tuple[date, int]:
     """The facility's local date at `now_ms` and the ms instant its day ends (next local midnight)."""
+    known = _DAYS.get(timezone)
+    if known is not None and known[0] <= now_ms < known[1]:
+        return known[2], known[1]
     tz = ZoneInfo(timezone)
     local = datetime.fromtimestamp(now_ms / 1000, tz)
+    start = datetime.combine(local.date(), datetime.min.time(), tz)
     midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tz)
-    return local.date(), int(midnight.timestamp() * 1000)
+    end_ms = int(midnight.timestamp() * 1000)
+    # Kept only when the day's bounds hold this instant (a zone whose clocks skip midnight may not).
+    if int(start.timestamp() * 1000) <= now_ms < end_ms:
+        _DAYS[timezone] = (int(start.timestamp() * 1000), end_ms, local.date())
+    return local.date(), end_ms
 
 
 def from_ms(ms: int | None) -> datetime | None:

@@ -96,6 +96,9 @@ ONSHARE_RESULTS = PromCounter("opd_onshare_total", "On-shares finished, by resul
 ONSHARE_ATTEMPTS = PromCounter(
     "opd_onshare_attempts_total", "Calls made to the gateway for on-shares", ["ok"]
 )
+# Each label set's child, looked up once (`labels()` validates and locks on every call).
+onshare_results = functools.cache(ONSHARE_RESULTS.labels)
+onshare_attempts = functools.cache(ONSHARE_ATTEMPTS.labels)
 
 # KEYS: due. ARGV: now ms, limit, key prefix, worker, lease ms. Returns id, job, attempts per claim.
 _CLAIM = """
@@ -619,7 +622,7 @@ class Outbox:
         except TimeoutError:
             result = GatewayResult(False, None, False, "deadline reached while the gateway was answering", "")
         duration_ms = int((time.perf_counter() - started) * 1000)
-        ONSHARE_ATTEMPTS.labels(str(result.ok).lower()).inc()
+        onshare_attempts(str(result.ok).lower()).inc()
         attempts = job.attempts + 1
         if result.ok:
             status = "sent"
@@ -642,12 +645,12 @@ class Outbox:
             # Sent, but not recorded: never hand it back (that would send it twice). Its done marker
             # keeps sweeps away until the deadline, after which a sweep records it as failed.
             log.error("on-share %s was sent but SQL did not take its outcome: %s", job.on_share_id, exc)
-            ONSHARE_RESULTS.labels(status).inc()
+            onshare_results(status).inc()
             return
         if status == "pending":
             await self._release(job.on_share_id, _now_ms() + int(backoff_s(attempts) * 1000), retried=True)
         else:
-            ONSHARE_RESULTS.labels(status).inc()
+            onshare_results(status).inc()
             if status == "failed":
                 log.warning("on-share %s for %s failed: %s", job.on_share_id, entry.request_id, result.error)
 
@@ -678,7 +681,7 @@ class Outbox:
         await self.writer.submit_rows([
             (ONSHARE_OUTCOME, {"oid": on_share_id, "new_status": status, "inc": 0, "error": reason, "sent": None})
         ])  # fmt: skip
-        ONSHARE_RESULTS.labels(status).inc()
+        onshare_results(status).inc()
         log.warning("on-share %s %s: %s", on_share_id, status, reason)
 
     async def _mark_done(self, on_share_id: int) -> None:
