@@ -430,3 +430,42 @@ def test_a_batch_is_one_round_trip(
             assert answers == [[None, ids["req-2"]], [None, ids["req-3"], None]]
 
     asyncio.run(scenario())
+
+
+def test_a_work_commits_with_its_batch_or_not_at_all(
+    tmp_path: Path, postgres_database_url: str, redis_url: str
+) -> None:
+    """A work function's statements (run through SQLAlchemy) share the batch's transaction, which the
+    writer opens and commits itself: a later statement of the batch that fails takes the work's rows
+    back with it, and a work that fails after writing leaves nothing behind."""
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+
+    def audit(action: str) -> Any:
+        async def work(conn: Any) -> None:
+            await conn.execute(AUDIT.insert().values(at=datetime.now(UTC), actor="clerk", action=action))
+            if action == "fails":
+                await conn.execute(text("SELECT 1 / 0"))
+
+        return work
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            await writer.submit_rows(token_rows([_token(1)]))  # the writer's connection is up
+            orphan = {"on_share_id": 999_999, "at": datetime.now(UTC), "outbound_request_id": "out-x",
+                      "status_code": 202, "ok": True, "error": None, "duration_ms": 1}  # fmt: skip
+            first = await asyncio.gather(
+                writer.submit(audit("kept")),
+                writer.submit_rows([*token_rows([_token(2)]), (ATTEMPT_INSERT, orphan)]),
+                return_exceptions=True,
+            )
+            assert first[0] is None and isinstance(first[1], Unavailable)
+            with pytest.raises(Unavailable):
+                await writer.submit(audit("fails"))
+            await writer.submit(audit("after"))
+            async with engine.connect() as conn:
+                actions = sorted(r.action for r in await conn.execute(select(AUDIT)))
+                numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
+            assert actions == ["after", "kept"]
+            assert numbers == [1]
+
+    asyncio.run(scenario())

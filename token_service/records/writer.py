@@ -350,17 +350,16 @@ async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any
     """Run one batch on `conn` in a transaction of its own and commit it; per unit, the results of its
     rows.
 
-    On PostgreSQL the whole batch, COMMIT included, goes out as one psycopg pipeline: its statements
-    reach the server together and their results come back together, one round trip for the lot
-    instead of one per statement kind and one for the COMMIT. RETURNING rows are read after it
-    (`Later`), from the answers it brought. Every round trip
-    waits for the server process to be scheduled; on a busy box those waits, not the work, were most
-    of a transaction's time.
+    On PostgreSQL a batch of rows (the hot paths), BEGIN and COMMIT included, goes out as one psycopg
+    pipeline: its statements reach the server together and their results come back together, one
+    round trip for the lot instead of one per statement kind and one for the COMMIT. RETURNING rows
+    are read after it (`Later`), from the answers it brought. Every round trip waits for the server
+    process to be scheduled; on a busy box those waits, not the work, were most of a transaction's
+    time. Such a batch also leaves SQLAlchemy's transaction handling out (~0.2 ms of CPU less per
+    batch).
 
-    A batch of rows only (the hot paths) also leaves SQLAlchemy's transaction handling out: psycopg
-    opens the transaction with the first statement and the pipeline's COMMIT ends it (~0.2 ms of CPU
-    less per batch). A batch with a work function runs inside SQLAlchemy's `begin()`, since the work
-    executes through SQLAlchemy.
+    A batch with a work function runs inside SQLAlchemy's `begin()`, since the work executes through
+    SQLAlchemy: its works one statement at a time, then its rows in the pipeline with the COMMIT.
     """
     results = _Results(batch)
     if not psycopg_path(conn):
@@ -370,30 +369,31 @@ async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any
     driver = await _psycopg(conn)
     if any(unit.work is not None for unit in batch):
         async with conn.begin():
+            # Works run through SQLAlchemy, which cannot read results in pipeline mode (an INSERT's
+            # RETURNING of its new id fails there): they go first, statement by statement, in the
+            # transaction opened here; the rows follow in the pipeline with the COMMIT.
+            if driver.autocommit:
+                await driver.execute("BEGIN", prepare=False)
+            await _run_works(conn, batch)
             async with driver.pipeline():
-                await _queue_begin(driver)
-                await _run_units(conn, batch, results)
+                await _run_rows(conn, batch, results)
                 # Leaving `begin()` then finds no transaction open and sends nothing more.
                 await _queue(driver, "COMMIT")
         return await results.read_later()
     async with driver.pipeline():
-        await _queue_begin(driver)
-        await _run_units(conn, batch, results)
+        if driver.autocommit:
+            await _queue(driver, "BEGIN")
+        await _run_rows(conn, batch, results)
         await _queue(driver, "COMMIT")
     if conn.in_transaction():  # an operation went through SQLAlchemy: end its (already committed) one
         await conn.commit()
     return await results.read_later()
 
 
-async def _queue_begin(driver: Any) -> None:
-    """BEGIN, queued in the pipeline, on the writer's own connection (in autocommit mode, so psycopg
-    starts no transaction of its own). On any other connection psycopg's own BEGIN opens it."""
-    if driver.autocommit:
-        await _queue(driver, "BEGIN")
-
-
 async def _queue(driver: Any, command: str) -> None:
-    """A transaction command queued in the pipeline: leaving the pipeline sends it with the batch's
+    """A transaction command queued in the pipeline. BEGIN is the batch's own on the writer's connection,
+    which is in autocommit mode so that psycopg starts no transaction (and syncs) by itself; on any
+    other connection psycopg's BEGIN opens it. Leaving the pipeline sends the command with the batch's
     statements and one Sync, and brings every answer back at once. psycopg's `commit()` would sync by
     itself, and leaving the pipeline would then sync once more: two round trips where one does. A
     statement that fails aborts the rest of the pipeline, its COMMIT included; leaving it raises the
@@ -422,9 +422,17 @@ class _Results:
 
 
 async def _run_units(conn: AsyncConnection, batch: Sequence[_Unit], results: _Results) -> None:
+    await _run_works(conn, batch)
+    await _run_rows(conn, batch, results)
+
+
+async def _run_works(conn: AsyncConnection, batch: Sequence[_Unit]) -> None:
     for unit in batch:
         if unit.work is not None:
             await unit.work(conn)
+
+
+async def _run_rows(conn: AsyncConnection, batch: Sequence[_Unit], results: _Results) -> None:
     by_op: dict[RowOp, list[tuple[int, int]]] = {}
     for u, unit in enumerate(batch):
         for r, (op, _) in enumerate(unit.rows):
