@@ -43,12 +43,12 @@ def local_day(now_ms: int, timezone: str) -> tuple[date, int]:
         return known[2], known[1]
     tz = ZoneInfo(timezone)
     local = datetime.fromtimestamp(now_ms / 1000, tz)
-    start = datetime.combine(local.date(), datetime.min.time(), tz)
+    start_ms = int(datetime.combine(local.date(), datetime.min.time(), tz).timestamp() * 1000)
     midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tz)
     end_ms = int(midnight.timestamp() * 1000)
     # Kept only when the day's bounds hold this instant (a zone whose clocks skip midnight may not).
-    if int(start.timestamp() * 1000) <= now_ms < end_ms:
-        _DAYS[timezone] = (int(start.timestamp() * 1000), end_ms, local.date())
+    if start_ms <= now_ms < end_ms:
+        _DAYS[timezone] = (start_ms, end_ms, local.date())
     return local.date(), end_ms
 
 

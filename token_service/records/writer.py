@@ -313,8 +313,7 @@ async def execute_json_rows(conn: AsyncConnection, stmt: UpdateBase, rows: list[
     orjson writes them).
     """
     if rows:
-        async with await _json_rows_cursor(conn, stmt, rows):
-            pass
+        await (await _json_rows_cursor(conn, stmt, rows)).close()
 
 
 async def execute_json_rows_returning(
