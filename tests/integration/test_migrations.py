@@ -12,6 +12,7 @@ from sqlmodel import SQLModel
 
 import token_service.models  # noqa: F401  (the tables)
 from tests.support.app import make_settings
+from token_service.config import Settings
 from token_service.records import db
 
 
@@ -82,19 +83,28 @@ def test_statements_on_pending_on_shares_use_their_index(tmp_path: Path, postgre
         ),
         "sweep": (sweep.replace("%(limit)s", "$1"), "2000"),
     }
+    fill = (
+        "INSERT INTO on_share (hip_id, request_id, version, payload, status, attempts, created_at, "
+        "deadline_at) SELECT 'H', 'r' || g, 'v3', '{}', CASE WHEN mod(g, 50) = 0 THEN 'pending' ELSE 'sent' "
+        "END, 0, now(), now() FROM generate_series(1, 20000) g"
+    )
+    for name, plan in generic_plans(settings, fill, statements).items():
+        assert "ix_on_share_pending" in plan and "Seq Scan on on_share" not in plan, (name, plan)
+
+
+def generic_plans(settings: Settings, fill: str, statements: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Each statement's generic plan (what a prepared statement gets after a few runs), on tables that
+    `fill` filled; `statements` maps a name to the SQL (parameters as $1...) and its arguments."""
     engine = db.sync_engine(settings)
     try:
         with engine.begin() as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO on_share (hip_id, request_id, version, payload, status, attempts, created_at, "
-                "deadline_at) SELECT 'H', 'r' || g, 'v3', '{}', CASE WHEN mod(g, 50) = 0 THEN 'pending' ELSE 'sent' "
-                "END, 0, now(), now() FROM generate_series(1, 20000) g"
-            )
+            conn.exec_driver_sql(fill)
             conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-            for name, (sql, arg) in statements.items():
+            plans = {}
+            for name, (sql, args) in statements.items():
                 conn.exec_driver_sql(f"PREPARE {name} AS {sql}")
-                plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({arg})"))
-                assert "ix_on_share_pending" in plan and "Seq Scan on on_share" not in plan, (name, plan)
+                plans[name] = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({args})"))
+            return plans
     finally:
         engine.dispose()
 
@@ -112,21 +122,13 @@ def test_the_token_upsert_probes_stored_rows_by_key(tmp_path: Path, postgres_dat
     db.migrate(settings)
     upsert = _pg_statement(_statement("json", "token"), PGDialect_psycopg(), ("rows",))
     assert upsert is not None and not upsert.constants
-    engine = db.sync_engine(settings)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO token (id, public_id, hip_id, counter, origin_counter, local_date, number, "
-                'label, status, priority, source, skips, recalls, "order", version, issued_at, '
-                "expires_at, day_end_at, updated_at) SELECT 'T' || g, 'p' || g, 'H', 'OPD1', 'OPD1', "
-                "current_date, g, 'A' || g, 'waiting', 'normal', 'scan_share', 0, 0, g, 1, now(), now(), "
-                "now(), now() FROM generate_series(1, 20000) g"
-            )
-            conn.exec_driver_sql("ANALYZE token")
-            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-            conn.exec_driver_sql(f"PREPARE upsert AS {upsert.sql.replace('%(rows)s', '$1')}")
-            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN EXECUTE upsert('[]')"))
-            assert "Index Scan using token_pkey on token stored" in plan, plan
-            assert "Seq Scan on token" not in plan and "Hash" not in plan, plan
-    finally:
-        engine.dispose()
+    fill = (
+        "INSERT INTO token (id, public_id, hip_id, counter, origin_counter, local_date, number, "
+        'label, status, priority, source, skips, recalls, "order", version, issued_at, '
+        "expires_at, day_end_at, updated_at) SELECT 'T' || g, 'p' || g, 'H', 'OPD1', 'OPD1', "
+        "current_date, g, 'A' || g, 'waiting', 'normal', 'scan_share', 0, 0, g, 1, now(), now(), "
+        "now(), now() FROM generate_series(1, 20000) g; ANALYZE token"
+    )
+    plan = generic_plans(settings, fill, {"upsert": (upsert.sql.replace("%(rows)s", "$1"), "'[]'")})["upsert"]
+    assert "Index Scan using token_pkey on token stored" in plan, plan
+    assert "Seq Scan on token" not in plan and "Hash" not in plan, plan
