@@ -180,6 +180,9 @@ class Device(SQLModel, table=True):
     last_seen_at: datetime | None = _ts()
 
 
+_PENDING_ROWS = text("status = 'pending'")  # the on-shares still owed
+
+
 class OnShare(SQLModel, table=True):
     """Outbox row: one on-share owed to the ABDM gateway for one inbound share."""
 
@@ -189,8 +192,7 @@ class OnShare(SQLModel, table=True):
     # facility lookups use the unique key's leading column.
     __table_args__ = (
         UniqueConstraint("hip_id", "request_id", name="uq_onshare_request"),
-        Index("ix_on_share_pending", "id", postgresql_where=text("status = 'pending'"),
-              sqlite_where=text("status = 'pending'")),
+        Index("ix_on_share_pending", "id", postgresql_where=_PENDING_ROWS, sqlite_where=_PENDING_ROWS),
     )  # fmt: skip
     id: int | None = Field(default=None, primary_key=True)
     hip_id: str = Field(max_length=64)

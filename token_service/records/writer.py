@@ -371,29 +371,32 @@ async def _write(conn: AsyncConnection, batch: Sequence[_Unit]) -> list[list[Any
             # Works run through SQLAlchemy, which cannot read results in pipeline mode (an INSERT's
             # RETURNING of its new id fails there): they go first, statement by statement, in the
             # transaction opened here; the rows follow in the pipeline with the COMMIT.
-            if driver.autocommit:
-                await driver.execute("BEGIN", prepare=False)
+            await _begin(driver)
             await _run_works(conn, batch)
             async with driver.pipeline():
                 await _run_rows(conn, batch, results)
                 # Leaving `begin()` then finds no transaction open and sends nothing more.
-                await _queue(driver, "COMMIT")
+                await _command(driver, "COMMIT")
         return await results.read_later()
     async with driver.pipeline():
-        if driver.autocommit:
-            await _queue(driver, "BEGIN")
+        await _begin(driver)
         await _run_rows(conn, batch, results)
-        await _queue(driver, "COMMIT")
+        await _command(driver, "COMMIT")
     if conn.in_transaction():  # an operation went through SQLAlchemy: end its (already committed) one
         await conn.commit()
     return await results.read_later()
 
 
-async def _queue(driver: Any, command: str) -> None:
-    """A transaction command queued in the pipeline. BEGIN is the batch's own on the writer's connection,
-    which is in autocommit mode so that psycopg starts no transaction (and syncs) by itself; on any
-    other connection psycopg's BEGIN opens it. Leaving the pipeline sends the command with the batch's
-    statements and one Sync, and brings every answer back at once. psycopg's `commit()` would sync by
+async def _begin(driver: Any) -> None:
+    """The batch's own BEGIN on the writer's connection, which is in autocommit mode so that psycopg
+    starts no transaction (and syncs) by itself. On any other connection psycopg's BEGIN opens it."""
+    if driver.autocommit:
+        await _command(driver, "BEGIN")
+
+
+async def _command(driver: Any, command: str) -> None:
+    """A transaction command; in the pipeline it is queued. Leaving the pipeline sends it with the
+    batch's statements and one Sync, and brings every answer back at once. psycopg's `commit()` would sync by
     itself, and leaving the pipeline would then sync once more: two round trips where one does. A
     statement that fails aborts the rest of the pipeline, its COMMIT included; leaving it raises the
     error, and the writer drops the connection."""
