@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import sys
 from datetime import date
 from pathlib import Path
@@ -18,6 +17,7 @@ from sqlmodel import Session, select
 
 from token_service.auth import DEVICE_KINDS, ROLES, hash_password, new_device_token
 from token_service.config import Settings
+from token_service.listen import WorkerListeners, listener
 from token_service.models import Counter, Desk, Device, Facility, User
 
 app = typer.Typer(
@@ -261,23 +261,6 @@ def rebuild(
         typer.echo(f"{hip}: restored {restored} tokens")
 
 
-def _listener(host: str, port: int) -> socket.socket:
-    """A listening socket whose accepted connections get TCP_NODELAY.
-
-    uvicorn's multi-worker mode binds with proto 0, and asyncio only sets TCP_NODELAY on sockets that
-    report IPPROTO_TCP, so every keep-alive response after the first would wait ~40 ms for a delayed
-    ACK. Binding ourselves with IPPROTO_TCP fixes that for every worker.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
@@ -306,7 +289,7 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
         # Workers connect to the server this process owns; they must not start their own.
         os.environ["OPD_REDIS_URL"] = embedded.url
     try:
-        sock = _listener(host, port)
+        ports = listener(host, port) if workers == 1 else WorkerListeners(host, port)
     except OSError as exc:
         if embedded:
             embedded.stop()
@@ -318,12 +301,12 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
     )  # fmt: skip
     typer.echo(f"OPD token service on http://{host}:{port}  (docs: /docs, health: /readyz)")
     try:
-        if workers == 1:
-            uvicorn.Server(config).run(sockets=[sock])
+        if isinstance(ports, WorkerListeners):
+            Multiprocess(config, sockets=[ports.member]).run()  # type: ignore[list-item]
         else:
-            Multiprocess(config, sockets=[sock]).run()
+            uvicorn.Server(config).run(sockets=[ports])
     finally:
-        sock.close()
+        ports.close()
         if embedded:
             embedded.stop()
 

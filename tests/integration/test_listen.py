@@ -1,0 +1,102 @@
+"""`opd-token serve --workers N`: each worker listens on a socket of its own in the port's SO_REUSEPORT
+group, so connections are spread by the kernel instead of going to whichever worker wakes first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support.app import ServiceProc, make_settings
+
+
+def _workers(service: ServiceProc) -> list[psutil.Process]:
+    assert service.proc is not None
+    children = psutil.Process(service.proc.pid).children()
+    return [p for p in children if "spawn_main" in " ".join(p.cmdline())]
+
+
+def _held(worker: psutil.Process, port: int, status: str) -> int:
+    return sum(
+        1 for c in worker.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == status
+    )
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_each_worker_listens_and_connections_are_spread_evenly(tmp_path: Path, redis_url: str) -> None:
+    service = ServiceProc(make_settings(tmp_path, redis_url), workers=2).start()
+    clients: list[socket.socket] = []
+    try:
+        workers = _workers(service)
+        assert len(workers) == 2
+        _wait_for(lambda: all(_held(w, service.port, psutil.CONN_LISTEN) == 1 for w in workers))
+        for _ in range(400):  # opened one after another, as a board wall reconnecting after a restart
+            clients.append(socket.create_connection(("127.0.0.1", service.port)))
+        _wait_for(lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 400)
+        split = sorted(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers)
+        # A hash of the client's port sends each to one of two sockets: 200 +- 10 is one standard deviation.
+        assert split[0] >= 150, split
+    finally:
+        for c in clients:
+            c.close()
+        service.stop()
+
+
+def test_a_killed_worker_stops_taking_connections_and_its_replacement_listens(
+    tmp_path: Path, redis_url: str
+) -> None:
+    service = ServiceProc(make_settings(tmp_path, redis_url), workers=2).start()
+    try:
+        victim = _workers(service)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        # From the moment it died, every connection goes to a worker that answers.
+        for _ in range(60):
+            assert httpx.get(service.url + "/healthz", timeout=5).status_code == 200
+
+        def replaced() -> bool:
+            workers = _workers(service)
+            return (
+                len(workers) == 2
+                and victim.pid not in {w.pid for w in workers}
+                and all(_held(w, service.port, psutil.CONN_LISTEN) == 1 for w in workers)
+            )
+
+        _wait_for(replaced, timeout=30)
+        clients = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(100)]
+        try:
+            workers = _workers(service)
+            _wait_for(lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 100)
+            assert all(_held(w, service.port, psutil.CONN_ESTABLISHED) > 0 for w in workers)
+        finally:
+            for c in clients:
+                c.close()
+    finally:
+        service.stop()
+
+
+def test_a_second_service_cannot_take_the_port(tmp_path: Path, redis_url: str) -> None:
+    first = ServiceProc(make_settings(tmp_path / "a", redis_url), workers=2).start()
+    try:
+        second = ServiceProc(make_settings(tmp_path / "b", redis_url), workers=2, port=first.port)
+        done = subprocess.run(
+            [sys.executable, "-m", "token_service.cli", "serve", "--port", str(first.port), "--workers", "2"],
+            env=second.env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
+    finally:
+        first.stop()
