@@ -9,15 +9,18 @@ The scripts count every change of a lane (`lane_count` in ``lua/_lib.lua``): rem
 call), appends at its tail (a new token) and anything else (a skip back into the line, a cancel, an
 expiry out of order, an undo). ``lua/lanes.lua`` answers a copy with the refs it lacks: while nothing
 but head removals and tail appends happened, only the new tail; otherwise the whole lane. A lane
-copy numbers its refs as they arrive, so a ref's place is found in O(1) however the line has moved.
+copy numbers its refs as they arrive, so a ref's place is found without a scan however the line has
+moved. The copies are kept as arrays of numbers rather than of ref strings: a worker holds a copy of
+every waiting token of the facilities it serves boards or status pages for.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Sequence
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -39,32 +42,125 @@ def _source() -> str:
     return (resources.files("token_service.queue") / "lua" / "lanes.lua").read_text()
 
 
+class _Run:
+    """The refs of one lane that share a prefix (``OPD1.20261122.``) and a number width, in lane order:
+    their numbers and their running numbers in the lane, as two arrays (8 bytes a ref each, against
+    ~140 for a ref string in a deque and a dict). Tokens join a lane in the order they are issued, so
+    a run's numbers rise and a ref is found by bisection; a ref whose number does not rise (a token
+    skipped back into the line, or put back by an undo) is kept in the copy's `LaneCopy.odd` instead."""
+
+    __slots__ = ("numbers", "places", "start")
+
+    def __init__(self) -> None:
+        self.numbers = array("q")
+        self.places = array("q")
+        self.start = 0  # entries before it have left the lane
+
+    def place(self, number: int) -> int | None:
+        i = bisect_left(self.numbers, number, self.start)
+        return self.places[i] if i < len(self.numbers) and self.numbers[i] == number else None
+
+    def drop_before(self, place: int) -> None:
+        start = bisect_left(self.places, place, self.start)
+        if start > 4096 and start * 2 > len(self.places):  # let the arrays shrink now and then
+            del self.numbers[:start], self.places[:start]
+            start = 0
+        self.start = start
+
+
+def _split(ref: str) -> tuple[str, int, int]:
+    """(prefix, width, number) of a ref ``OPD1.20261122.00042``: ('OPD1.20261122.', 5, 42); a ref of
+    another shape is a prefix of its own with width 0."""
+    head, dot, digits = ref.rpartition(".")
+    if dot and digits.isdigit() and digits.isascii():
+        return head + dot, len(digits), int(digits)
+    return ref, 0, 0
+
+
 class LaneCopy:
-    """One lane's refs in calling order, each with a running number: a ref's place is its number less
-    the number of the first ref."""
+    """One lane's refs in calling order, each with a running number (its place): a ref's place in the
+    line is its running number less that of the first ref. Kept compact: the lane's order as one array
+    of (run, number) pairs, the runs as arrays (`_Run`), and a dict only for the refs that fit no run."""
 
-    __slots__ = ("counts", "first", "number", "refs")
+    __slots__ = ("counts", "first", "odd", "odd_at", "order", "order_start", "run_of", "runs")
 
-    def __init__(self, refs: Sequence[str], counts: tuple[int, int, int]) -> None:
-        self.refs: deque[str] = deque(refs)
-        self.number: dict[str, int] = {ref: i for i, ref in enumerate(refs)}
+    ODD = -1  # an `order` entry whose ref is in `odd_at`
+
+    def __init__(self, refs: Iterable[str], counts: tuple[int, int, int]) -> None:
+        self.runs: list[tuple[str, int, _Run]] = []  # (prefix, width, run)
+        self.run_of: dict[tuple[str, int], int] = {}
+        self.order = array("q")  # the lane from `order_start` on: run << 32 | number, or ODD
+        self.order_start = 0
+        self.odd: dict[str, int] = {}  # ref -> place, for the refs that did not fit their run's order
+        self.odd_at: dict[int, str] = {}  # the same, place -> ref
         self.first = 0
         self.counts = counts  # the lane's (h, t, e) this copy reflects
+        self._append(refs)
 
-    def advance(self, keep: int, items: Sequence[str], counts: tuple[int, int, int]) -> None:
+    def __len__(self) -> int:
+        return len(self.order) - self.order_start
+
+    @property
+    def refs(self) -> list[str]:
+        return [self._ref(i) for i in range(len(self))]
+
+    def head(self) -> str | None:
+        return self._ref(0) if len(self) else None
+
+    def advance(self, keep: int, items: Iterable[str], counts: tuple[int, int, int]) -> None:
         """Drop all but the last `keep` refs from the head, append `items`."""
-        drop = len(self.refs) - keep
-        for _ in range(drop):
-            self.number.pop(self.refs.popleft(), None)
-        self.first += drop
-        base = self.first + len(self.refs)
-        for i, ref in enumerate(items):
-            self.number[ref] = base + i
-        self.refs.extend(items)
+        drop = len(self) - keep
+        if drop > 0:
+            self.first += drop
+            self.order_start += drop
+            if self.order_start > 4096 and self.order_start * 2 > len(self.order):
+                del self.order[: self.order_start]
+                self.order_start = 0
+            for _, _, run in self.runs:
+                run.drop_before(self.first)
+            for place in [p for p in self.odd_at if p < self.first]:
+                del self.odd[self.odd_at.pop(place)]
+        self._append(items)
         self.counts = counts
 
+    def place(self, ref: str) -> int | None:
+        """The ref's running number, or None if it is not in the lane."""
+        place = self.odd.get(ref)
+        if place is not None:
+            return place
+        prefix, width, number = _split(ref)
+        i = self.run_of.get((prefix, width))
+        return None if i is None else self.runs[i][2].place(number)
+
     def view(self) -> LaneView:
-        return LaneView(self, self.first, len(self.refs))
+        return LaneView(self, self.first, len(self))
+
+    def _append(self, refs: Iterable[str]) -> None:
+        place = self.first + len(self)
+        for ref in refs:
+            prefix, width, number = _split(ref)
+            i = self.run_of.get((prefix, width))
+            if i is None:
+                i = self.run_of[(prefix, width)] = len(self.runs)
+                self.runs.append((prefix, width, _Run()))
+            run = self.runs[i][2]
+            if width and number < 1 << 32 and (len(run.numbers) == run.start or run.numbers[-1] < number):
+                self.order.append(i << 32 | number)
+                run.numbers.append(number)
+                run.places.append(place)
+            else:
+                self.order.append(self.ODD)
+                self.odd[ref] = place
+                self.odd_at[place] = ref
+            place += 1
+
+    def _ref(self, index: int) -> str:
+        """The ref `index` places behind the head."""
+        entry = self.order[self.order_start + index]
+        if entry == self.ODD:
+            return self.odd_at[self.first + index]
+        prefix, width, _ = self.runs[entry >> 32]
+        return f"{prefix}{entry & 0xFFFFFFFF:0{width}d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +174,7 @@ class LaneView:
     length: int
 
     def index(self, ref: str) -> int | None:
-        number = self.copy.number.get(ref)
+        number = self.copy.place(ref)
         if number is None or not self.first <= number < self.first + self.length:
             return None
         return number - self.first
@@ -144,8 +240,8 @@ class LaneMirror:
             for lane in LANES:
                 lane_keys.append(keys.lane_key(self.hip_id, c, lane))
                 copy = None if whole else self.copies.get((c, lane))
-                h, t, e = copy.counts if copy else (0, 0, 0)
-                args += [f"{c}:{lane}", h, t, e, len(copy.refs) if copy else -1]
+                h, t, e = copy.counts if copy is not None else (0, 0, 0)
+                args += [f"{c}:{lane}", h, t, e, len(copy) if copy is not None else -1]
         desk_keys = [keys.desk_key(self.hip_id, d) for d in desks]
         currents, lanes = await self.script(
             keys=[keys.lane_counts(self.hip_id), *lane_keys, *desk_keys], args=[len(lane_keys), *args]
@@ -157,9 +253,9 @@ class LaneMirror:
         ok = True
         pairs = [(c, lane) for c in counters for lane in LANES]
         for (c, lane), (h, t, e, keep, length, head, items) in zip(pairs, lanes, strict=True):
-            refs = [_text(x) for x in items]
+            refs = map(_text, items)  # decoded one at a time: no second list of the lane
             counts = (int(h), int(t), int(e))
-            self.refs_read += len(refs)
+            self.refs_read += len(items)
             copy = self.copies.get((c, lane))
             if int(keep) < 0 or copy is None:
                 self.full_reads += 1
@@ -167,7 +263,7 @@ class LaneMirror:
             else:
                 self.caught_up += 1
                 copy.advance(int(keep), refs, counts)
-            if len(copy.refs) != int(length) or (copy.refs and copy.refs[0] != _text(head)):
+            if len(copy) != int(length) or (len(copy) and copy.head() != _text(head)):
                 del self.copies[(c, lane)]
                 ok = False
         return ok
