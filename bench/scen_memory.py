@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 import uuid
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from bench.context import Run
 from bench.procs import start_redis
 from bench.stats import Section
 from token_service.queue import keys
+from token_service.queue.lanes import LaneMirror
 from token_service.queue.scripts import _source
 
 HIP = "IN0710000123"
@@ -19,6 +22,27 @@ COUNTERS = ("OPD1", "OPD2", "ORTHO")
 
 def _used(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
+
+
+async def _lane_copies(url: str) -> tuple[float, float]:
+    """Python heap bytes per waiting token that a worker's copy of the lanes holds once read whole (as for
+    a board or status page of the facility), and the peak while reading them (tracemalloc)."""
+    client = AsyncRedis.from_url(url)
+    try:
+        mirror = LaneMirror(client, HIP)
+        await mirror.sync(COUNTERS, [])  # loads the script and warms the client: not counted
+        mirror = LaneMirror(client, HIP)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await mirror.sync(COUNTERS, [])
+            held, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        waiting = sum(len(copy) for copy in mirror.copies.values())
+    finally:
+        await client.aclose()
+    return (held - before) / waiting, (peak - before) / waiting
 
 
 async def run_memory(run: Run, section: Section) -> None:
@@ -54,6 +78,7 @@ async def run_memory(run: Run, section: Section) -> None:
                 parts[kind] += int(client.memory_usage(key, samples=0) or 0)
                 encodings.setdefault(kind, set()).add(client.object("encoding", key).decode())
         waiting = sum(int(client.llen(keys.lane_key(HIP, c, "n"))) for c in COUNTERS)
+        copy_held, copy_peak = await _lane_copies(url)
         # The recorder deletes the stream entries it has copied to SQL: what stays is the live queue.
         # (MEMORY USAGE of a large stream overstates it, so the stream is deleted, not subtracted.)
         client.delete(keys.events_stream(HIP))
@@ -77,7 +102,11 @@ async def run_memory(run: Run, section: Section) -> None:
             "bytes": round(stream / n),
         }
     )
+    section.rows.append({"what": "a worker's copy of the lanes, per waiting token (Python heap, tracemalloc)",
+                         "bytes": round(copy_held)})  # fmt: skip
+    section.rows.append({"what": "the same, peak while reading the lanes whole", "bytes": round(copy_peak)})
     run.figures["redis_bytes_per_token"] = round(live)
+    run.figures["lane_copy_bytes_per_token"] = round(copy_held)
     section.check(f"Redis bytes per waiting token at {n} waiting ≤ 300 B", live <= 300,
                   f"{live:.0f} B per token once the stream is drained, {total:.0f} B before")  # fmt: skip
     rss = run.figures.get("intake_rss_mb") or []
