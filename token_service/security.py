@@ -95,6 +95,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # sharing its key table with the other connections' (1.5 KB more per connection).
         self._head = _HeadCount()
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # Every write of the connection, the protocol's own included, goes through it: they stay in order.
+        self.transport = HeadWithBody(transport, self.loop)  # type: ignore[assignment]
+
     def data_received(self, data: bytes) -> None:
         head = self._head
         if head.pending:
@@ -112,6 +117,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head.parsed = 0
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.transport.expect_head()  # type: ignore[attr-defined]
 
     def on_url(self, url: bytes) -> None:
         self._grow(len(url))
@@ -131,6 +140,59 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head.parsed += n
         if self._head.parsed > MAX_HEAD_BYTES:
             raise httptools.HttpParserError("request head too large")
+
+
+class HeadWithBody:
+    """A connection's transport that sends a response's head in the same write as its body.
+
+    uvicorn writes the status line and headers as soon as the app starts its response, and the body in
+    a second write: two system calls and two TCP segments for a 72-byte acknowledgement, the peer woken
+    twice. Here the first write after a request's head has been read (the response's head) is held;
+    the next write, which for a whole response comes in the same step of its task, goes out with it.
+    If none follows in this turn of the event loop (a stream's head, before its first event), the head
+    is written at the end of the turn. Writes keep their order; closing writes what is held first.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport", "_waiting")
+
+    HOLD_MAX = 8192  # a larger first write is a body, not a head: it goes at once
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._waiting = 0  # responses whose head has not been written (pipelined requests: several)
+        self._held: bytes | None = None
+
+    def expect_head(self) -> None:
+        self._waiting += 1
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))
+        elif self._waiting and len(data) <= self.HOLD_MAX:
+            self._waiting -= 1
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._waiting = max(0, self._waiting - 1)
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # get_extra_info, abort, pause_reading, ...
+        return getattr(self._transport, name)
 
 
 class _HeadCount:
