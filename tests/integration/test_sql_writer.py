@@ -432,6 +432,33 @@ def test_a_batch_is_one_round_trip(
     asyncio.run(scenario())
 
 
+def test_a_batch_runs_without_a_greenlet(
+    tmp_path: Path, postgres_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer reaches psycopg without SQLAlchemy's greenlet bridge: each greenlet it would start
+    maps a frame stack of its own (an mmap and a munmap), several per batch."""
+    import greenlet
+
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+    switches: list[str] = []
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (_, writer):
+            await writer.submit_rows(token_rows([_token(1)]))  # the writer connects
+            previous = greenlet.settrace(lambda event, args: switches.append(event))
+            try:
+                t2 = _token(2)
+                answer = await writer.submit_rows(
+                    [*token_rows([t2], {"name": "a"}), (ONSHARE_UPSERT, _share_row("req-2", t2.id, "a"))]
+                )
+            finally:
+                greenlet.settrace(previous)
+            assert answer[0] is None and isinstance(answer[1], int)
+            assert switches == []
+
+    asyncio.run(scenario())
+
+
 def test_a_work_commits_with_its_batch_or_not_at_all(
     tmp_path: Path, postgres_database_url: str, redis_url: str
 ) -> None:

@@ -236,7 +236,14 @@ def psycopg_path(conn: AsyncConnection) -> bool:
 
 
 async def _psycopg(conn: AsyncConnection) -> Any:
-    """The psycopg connection under `conn` (on the `psycopg_path`)."""
+    """The psycopg connection under `conn` (on the `psycopg_path`).
+
+    Read straight from the checked-out connection while it is open: SQLAlchemy's `get_raw_connection`
+    runs in a greenlet of its own in case it has to reconnect, and each new greenlet maps a fresh
+    16 KB frame stack (an mmap and a munmap): several per batch, for an attribute lookup."""
+    sync = conn.sync_connection
+    if sync is not None and not sync.closed and not sync.invalidated:
+        return sync.connection.driver_connection
     raw = await conn.get_raw_connection()
     return raw.driver_connection
 
