@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from token_service.auth import DEVICE_KINDS, ROLES, hash_password, new_device_token
 from token_service.config import Settings
-from token_service.listen import WorkerListeners, listener
+from token_service.listen import REUSEPORT, WorkerListeners, listener
 from token_service.models import Counter, Desk, Device, Facility, User
 
 app = typer.Typer(
@@ -289,7 +289,8 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
         # Workers connect to the server this process owns; they must not start their own.
         os.environ["OPD_REDIS_URL"] = embedded.url
     try:
-        ports = listener(host, port) if workers == 1 else WorkerListeners(host, port)
+        # Without SO_REUSEPORT (not Linux) the workers share one socket.
+        ports = WorkerListeners(host, port) if workers > 1 and REUSEPORT else listener(host, port)
     except OSError as exc:
         if embedded:
             embedded.stop()
@@ -303,6 +304,8 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
     try:
         if isinstance(ports, WorkerListeners):
             Multiprocess(config, sockets=[ports.member]).run()  # type: ignore[list-item]
+        elif workers > 1:
+            Multiprocess(config, sockets=[ports]).run()
         else:
             uvicorn.Server(config).run(sockets=[ports])
     finally:

@@ -16,9 +16,11 @@ Two faults of the usual setup are mended here.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 BACKLOG = 2048
+REUSEPORT = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")  # load-balancing only there
 
 
 def _socket(host: str) -> socket.socket:
