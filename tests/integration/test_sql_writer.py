@@ -432,6 +432,45 @@ def test_a_batch_is_one_round_trip(
     asyncio.run(scenario())
 
 
+def test_a_batch_reaches_the_server_in_one_write(
+    tmp_path: Path, postgres_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg would send each statement of the pipeline as it is queued (BEGIN, every statement, COMMIT,
+    Sync: a TCP segment each, each waking the server). The writer's pipeline communicates once, when
+    every statement and the Sync are in libpq's buffer; the answers are those of a plain pipeline."""
+    import psycopg._pipeline_base as pipeline_base
+
+    settings = make_settings(tmp_path, redis_url, postgres_database_url)
+    calls: list[int] = []
+    communicate = pipeline_base.pipeline_communicate
+
+    def counted(pgconn: Any, commands: Any) -> Any:
+        calls.append(len(commands))  # commands not yet handed to libpq
+        return communicate(pgconn, commands)
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            await writer.submit_rows(token_rows([_token(1)]))  # the writer connects
+            monkeypatch.setattr(pipeline_base, "pipeline_communicate", counted)
+            t2, t3 = _token(2), _token(3)
+            answers = await asyncio.gather(
+                writer.submit_rows([*token_rows([t2], {"name": "a"}), (ONSHARE_UPSERT, _share_row("req-2", t2.id, "a"))]),
+                writer.submit_rows([*token_rows([t3], {"name": "b"}), (ONSHARE_UPSERT, _share_row("req-3", t3.id, "b")),
+                                    (EVENT_INSERT, event_row(HIP, "1-3", "issued", T0, "", t3))]),
+            )  # fmt: skip
+            monkeypatch.undo()
+            assert calls == [0], calls  # one communication, everything already queued in libpq
+            async with engine.connect() as conn:
+                ids = dict((await conn.execute(select(ON_SHARE.c.request_id, ON_SHARE.c.id))).all())
+            assert answers == [[None, ids["req-2"]], [None, ids["req-3"], None]]
+            # A failing statement still fails its batch, and the writer's next batch goes through.
+            with pytest.raises(Unavailable):  # a REQUEST-ID longer than its column
+                await writer.submit_rows([(ONSHARE_UPSERT, _share_row("r" * 65, _token(4).id, "x"))])
+            assert await writer.submit_rows(token_rows([_token(5)])) == [None]
+
+    asyncio.run(scenario())
+
+
 def test_a_batch_runs_without_a_greenlet(
     tmp_path: Path, postgres_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
