@@ -390,6 +390,22 @@ def test_a_copy_that_changes_nothing_leaves_the_row_alone(
     asyncio.run(scenario())
 
 
+async def _two_batched_shares(writer: SqlWriter) -> list[list[Any]]:
+    """Two shares' rows written together (tokens 2 and 3, on-shares req-2 and req-3, one event)."""
+    t2, t3 = _token(2), _token(3)
+    return list(await asyncio.gather(
+        writer.submit_rows([*token_rows([t2], {"name": "a"}), (ONSHARE_UPSERT, _share_row("req-2", t2.id, "a"))]),
+        writer.submit_rows([*token_rows([t3], {"name": "b"}), (ONSHARE_UPSERT, _share_row("req-3", t3.id, "b")),
+                            (EVENT_INSERT, event_row(HIP, "1-3", "issued", T0, "", t3))]),
+    ))  # fmt: skip
+
+
+async def _answers_are_the_on_share_ids(engine: AsyncEngine, answers: list[list[Any]]) -> None:
+    async with engine.connect() as conn:
+        ids = dict((await conn.execute(select(ON_SHARE.c.request_id, ON_SHARE.c.id))).all())
+    assert answers == [[None, ids["req-2"]], [None, ids["req-3"], None]]
+
+
 def test_a_batch_is_one_round_trip(
     tmp_path: Path, postgres_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -417,17 +433,10 @@ def test_a_batch_is_one_round_trip(
             await writer.submit_rows(token_rows([_token(1)]))  # the writer connects
             monkeypatch.setattr(BasePipeline, "_fetch_gen", counted_fetch)
             monkeypatch.setattr(BasePipeline, "_sync_gen", counted_sync)
-            t2, t3 = _token(2), _token(3)
-            answers = await asyncio.gather(
-                writer.submit_rows([*token_rows([t2], {"name": "a"}), (ONSHARE_UPSERT, _share_row("req-2", t2.id, "a"))]),
-                writer.submit_rows([*token_rows([t3], {"name": "b"}), (ONSHARE_UPSERT, _share_row("req-3", t3.id, "b")),
-                                    (EVENT_INSERT, event_row(HIP, "1-3", "issued", T0, "", t3))]),
-            )  # fmt: skip
+            answers = await _two_batched_shares(writer)
             monkeypatch.undo()
             assert trips == ["flush"], trips  # leaving the pipeline: its Sync, then the answers
-            async with engine.connect() as conn:
-                ids = dict((await conn.execute(select(ON_SHARE.c.request_id, ON_SHARE.c.id))).all())
-            assert answers == [[None, ids["req-2"]], [None, ids["req-3"], None]]
+            await _answers_are_the_on_share_ids(engine, answers)
 
     asyncio.run(scenario())
 
@@ -452,17 +461,10 @@ def test_a_batch_reaches_the_server_in_one_write(
         async with running_writer(settings) as (engine, writer):
             await writer.submit_rows(token_rows([_token(1)]))  # the writer connects
             monkeypatch.setattr(pipeline_base, "pipeline_communicate", counted)
-            t2, t3 = _token(2), _token(3)
-            answers = await asyncio.gather(
-                writer.submit_rows([*token_rows([t2], {"name": "a"}), (ONSHARE_UPSERT, _share_row("req-2", t2.id, "a"))]),
-                writer.submit_rows([*token_rows([t3], {"name": "b"}), (ONSHARE_UPSERT, _share_row("req-3", t3.id, "b")),
-                                    (EVENT_INSERT, event_row(HIP, "1-3", "issued", T0, "", t3))]),
-            )  # fmt: skip
+            answers = await _two_batched_shares(writer)
             monkeypatch.undo()
             assert calls == [0], calls  # one communication, everything already queued in libpq
-            async with engine.connect() as conn:
-                ids = dict((await conn.execute(select(ON_SHARE.c.request_id, ON_SHARE.c.id))).all())
-            assert answers == [[None, ids["req-2"]], [None, ids["req-3"], None]]
+            await _answers_are_the_on_share_ids(engine, answers)
             # A failing statement still fails its batch, and the writer's next batch goes through.
             with pytest.raises(Unavailable):  # a REQUEST-ID longer than its column
                 await writer.submit_rows([(ONSHARE_UPSERT, _share_row("r" * 65, _token(4).id, "x"))])
