@@ -65,7 +65,10 @@ class WorkerListeners:
     never listens: it holds the port across worker restarts without taking connections. uvicorn hands
     the supervisor's sockets to every worker it starts (at start, on a restart, on SIGTTIN) by pickling
     them into the new process; `member` pickles as a call that binds a fresh group member in the worker.
-    A worker's socket closes with it, and the kernel stops hashing connections to it.
+    A worker's socket closes with it, and the kernel stops hashing connections to it. Connections
+    still waiting in a dying worker's accept queue are reset then (their clients retry), where a shared
+    socket would have left them to the other workers; ``sysctl net.ipv4.tcp_migrate_req=1`` (Linux
+    5.14+) hands them to another worker instead.
     """
 
     def __init__(self, host: str, port: int) -> None:
