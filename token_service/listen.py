@@ -23,19 +23,25 @@ BACKLOG = 2048
 REUSEPORT = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")  # load-balancing only there
 
 
-def _socket(host: str) -> socket.socket:
+def _bound(host: str, port: int, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
 def listener(host: str, port: int) -> socket.socket:
     """One listening socket, for a single worker."""
-    sock = _socket(host)
+    sock = _bound(host, port)
     try:
-        sock.bind((host, port))
         sock.listen(BACKLOG)
     except OSError:
         sock.close()
@@ -46,14 +52,7 @@ def listener(host: str, port: int) -> socket.socket:
 def _group_member(host: str, port: int) -> socket.socket:
     """A socket bound into the port's ``SO_REUSEPORT`` group, not yet listening: the worker's server
     listens on it once the app has started, so no connection waits on a worker still starting."""
-    sock = _socket(host)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return _bound(host, port, reuseport=True)
 
 
 class WorkerListeners:

@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 
 from tests.support.app import ServiceProc, make_settings
+from tests.support.servers import wait_for
 
 
 def _workers(service: ServiceProc) -> list[psutil.Process]:
@@ -29,23 +29,24 @@ def _held(worker: psutil.Process, port: int, status: str) -> int:
     )
 
 
-def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_each_worker_listens_and_connections_are_spread_evenly(tmp_path: Path, redis_url: str) -> None:
     service = ServiceProc(make_settings(tmp_path, redis_url), workers=2).start()
     clients: list[socket.socket] = []
     try:
         workers = _workers(service)
         assert len(workers) == 2
-        _wait_for(lambda: all(_held(w, service.port, psutil.CONN_LISTEN) == 1 for w in workers))
+        wait_for(
+            lambda: all(_held(w, service.port, psutil.CONN_LISTEN) == 1 for w in workers),
+            20,
+            "both listening",
+        )
         for _ in range(400):  # opened one after another, as a board wall reconnecting after a restart
             clients.append(socket.create_connection(("127.0.0.1", service.port)))
-        _wait_for(lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 400)
+        wait_for(
+            lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 400,
+            20,
+            "400 held",
+        )
         split = sorted(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers)
         # A hash of the client's port sends each to one of two sockets: 200 +- 10 is one standard deviation.
         assert split[0] >= 150, split
@@ -75,11 +76,15 @@ def test_a_killed_worker_stops_taking_connections_and_its_replacement_listens(
                 and all(_held(w, service.port, psutil.CONN_LISTEN) == 1 for w in workers)
             )
 
-        _wait_for(replaced, timeout=30)
+        wait_for(replaced, 30, "a listening replacement")
         clients = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(100)]
         try:
             workers = _workers(service)
-            _wait_for(lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 100)
+            wait_for(
+                lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 100,
+                20,
+                "100 held",
+            )
             assert all(_held(w, service.port, psutil.CONN_ESTABLISHED) > 0 for w in workers)
         finally:
             for c in clients:

@@ -43,7 +43,7 @@ def _source() -> str:
 
 
 class _Run:
-    """The refs of one lane that share a prefix (``OPD1.20261122.``) and a number width, in lane order:
+    """The refs of one lane that share a prefix (``OPD1.20261122``) and a number width, in lane order:
     their numbers and their running numbers in the lane, as two arrays (8 bytes a ref each, against
     ~140 for a ref string in a deque and a dict). Tokens join a lane in the order they are issued, so
     a run's numbers rise and a ref is found by bisection; a ref whose number does not rise (a token
@@ -62,18 +62,24 @@ class _Run:
 
     def drop_before(self, place: int) -> None:
         start = bisect_left(self.places, place, self.start)
-        if start > 4096 and start * 2 > len(self.places):  # let the arrays shrink now and then
+        if _worth_trimming(start, len(self.places)):
             del self.numbers[:start], self.places[:start]
             start = 0
         self.start = start
 
 
+def _worth_trimming(gone: int, length: int) -> bool:
+    """Whether an array whose first `gone` entries have left the lane should let them go: now and then,
+    not on every call (each trim moves what stays)."""
+    return gone > 4096 and gone * 2 > length
+
+
 def _split(ref: str) -> tuple[str, int, int]:
-    """(prefix, width, number) of a ref ``OPD1.20261122.00042``: ('OPD1.20261122.', 5, 42); a ref of
+    """(prefix, width, number) of a ref ``OPD1.20261122.00042``: ('OPD1.20261122', 5, 42); a ref of
     another shape is a prefix of its own with width 0."""
     head, dot, digits = ref.rpartition(".")
     if dot and digits.isdigit() and digits.isascii():
-        return head + dot, len(digits), int(digits)
+        return head, len(digits), int(digits)
     return ref, 0, 0
 
 
@@ -113,7 +119,7 @@ class LaneCopy:
         if drop > 0:
             self.first += drop
             self.order_start += drop
-            if self.order_start > 4096 and self.order_start * 2 > len(self.order):
+            if _worth_trimming(self.order_start, len(self.order)):
                 del self.order[: self.order_start]
                 self.order_start = 0
             for _, _, run in self.runs:
@@ -160,7 +166,7 @@ class LaneCopy:
         if entry == self.ODD:
             return self.odd_at[self.first + index]
         prefix, width, _ = self.runs[entry >> 32]
-        return f"{prefix}{entry & 0xFFFFFFFF:0{width}d}"
+        return f"{prefix}.{entry & 0xFFFFFFFF:0{width}d}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -432,24 +432,12 @@ _GATHERING = all(
 )
 
 
-@contextlib.asynccontextmanager
-async def _pipeline(driver: Any) -> AsyncIterator[None]:
-    """The writer's pipeline on `driver` (as `AsyncConnection.pipeline`, with a `_GatheringPipeline`)."""
-    if not _GATHERING or not hasattr(driver, "_pipeline"):
-        async with driver.pipeline():
-            yield
-        return
-    async with driver.lock:
-        driver._check_connection_ok()
-        if driver._pipeline is not None:
-            raise RuntimeError("the writer's connection is already in pipeline mode")
-        pipeline = driver._pipeline = _GatheringPipeline(driver)
-    try:
-        async with pipeline:
-            yield
-    finally:
-        async with driver.lock:
-            driver._pipeline = None
+def _pipeline(driver: Any) -> Any:
+    """psycopg's own `pipeline()` on `driver`, which takes the `_GatheringPipeline` set here as the
+    connection's pipeline and lets it go when it ends."""
+    if _GATHERING and getattr(driver, "_pipeline", True) is None:
+        driver._pipeline = _GatheringPipeline(driver)
+    return driver.pipeline()
 
 
 async def _begin(driver: Any) -> None:
