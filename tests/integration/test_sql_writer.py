@@ -8,10 +8,8 @@ psycopg, so these tests read the rows back and compare them with what was submit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,13 @@ import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.support.app import make_settings
+from tests.support.app import make_settings, running_writer
 from token_service import retention
 from token_service.abdm.outbox import ATTEMPT_INSERT, ON_SHARE, ONSHARE_OUTCOME, ONSHARE_UPSERT
-from token_service.config import Settings
 from token_service.errors import Unavailable
 from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records import db
 from token_service.records.tokens import EVENT_INSERT, TOKEN, TOKEN_UPSERT, _ms, event_row, token_rows
 from token_service.records.writer import SqlWriter, _pg_statement
 from token_service.retention import MIN_DAYS
@@ -59,20 +55,6 @@ def _share_row(request_id: str, token_id: str, name: str) -> dict[str, Any]:
         "payload": {"request_id": request_id, "name": name, "nested": {"n": [1, 2]}}, "status": "pending",
         "attempts": 0, "created_at": now, "deadline_at": now + timedelta(seconds=25),
     }  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def running_writer(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, SqlWriter]]:
-    """A migrated database and a started writer on it, closed afterwards."""
-    db.migrate(settings)
-    engine = db.async_engine(settings)
-    writer = SqlWriter(engine)
-    writer.start()
-    try:
-        yield engine, writer
-    finally:
-        await writer.close()
-        await engine.dispose()
 
 
 def test_batched_rows_round_trip(tmp_path: Path, database_url: str, redis_url: str) -> None:

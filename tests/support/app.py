@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session
 
 from tests.support.servers import free_port, wait_port
@@ -22,10 +23,25 @@ from token_service.auth import hash_password, new_device_token
 from token_service.clock import Clock
 from token_service.config import Settings
 from token_service.models import Counter, Desk, Device, Facility, User
-from token_service.records.db import migrate, sync_engine
+from token_service.records.db import async_engine, migrate, sync_engine
+from token_service.records.writer import SqlWriter
 
 HIP = "IN0710000123"
 PASSWORD = "correct-horse-1"
+
+
+@asynccontextmanager
+async def running_writer(settings: Settings) -> AsyncIterator[tuple[AsyncEngine, SqlWriter]]:
+    """A migrated database and a started writer on it, closed afterwards."""
+    migrate(settings)
+    engine = async_engine(settings)
+    writer = SqlWriter(engine)
+    writer.start()
+    try:
+        yield engine, writer
+    finally:
+        await writer.close()
+        await engine.dispose()
 
 
 def make_settings(data_dir: Path, redis_url: str, database_url: str = "", **extra: object) -> Settings:
@@ -41,8 +57,12 @@ class Seed:
 
     hip_id: str = HIP
     counters: tuple[str, ...] = ("OPD1", "OPD2", "ORTHO")
-    desks: dict[str, list[str]] = field(default_factory=lambda: {"D1": ["OPD1"], "D2": ["OPD1", "OPD2"], "D3": ["ORTHO"]})
-    users: dict[str, str] = field(default_factory=lambda: {"admin": "admin", "clerk": "clerk", "ortho": "clerk"})
+    desks: dict[str, list[str]] = field(
+        default_factory=lambda: {"D1": ["OPD1"], "D2": ["OPD1", "OPD2"], "D3": ["ORTHO"]}
+    )
+    users: dict[str, str] = field(
+        default_factory=lambda: {"admin": "admin", "clerk": "clerk", "ortho": "clerk"}
+    )
     devices: dict[str, str] = field(default_factory=dict)  # name -> token
 
 
@@ -61,7 +81,11 @@ def seed(settings: Settings, *, timezone: str = "Asia/Kolkata", validity_seconds
             db.add(Counter(hip_id=HIP, code=code, name=name, names={"en": name, "hi": hi}, prefix=prefix))
         for code, counters in s.desks.items():
             db.add(Desk(hip_id=HIP, code=code, name=f"Desk {code[1:]}", counters=counters))
-        db.add(User(username="admin", password_hash=hash_password(PASSWORD), role="admin", hip_id=HIP, counters=[]))
+        db.add(
+            User(
+                username="admin", password_hash=hash_password(PASSWORD), role="admin", hip_id=HIP, counters=[]
+            )
+        )
         db.add(User(username="clerk", password_hash=hash_password(PASSWORD), role="clerk", hip_id=HIP,
                     counters=["OPD1", "OPD2"]))  # fmt: skip
         db.add(User(username="ortho", password_hash=hash_password(PASSWORD), role="clerk", hip_id=HIP,
@@ -76,7 +100,9 @@ def seed(settings: Settings, *, timezone: str = "Asia/Kolkata", validity_seconds
 
 
 @asynccontextmanager
-async def running_app(settings: Settings, clock: Clock | None = None) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+async def running_app(
+    settings: Settings, clock: Clock | None = None
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The app in-process with its lifespan, and an httpx client speaking ASGI to it."""
     app = create_app(settings, clock)
     async with app.router.lifespan_context(app):

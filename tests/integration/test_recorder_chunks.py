@@ -1,0 +1,80 @@
+"""The recorder copies a long backlog of queue events in chunks: each chunk is committed and acked before
+the next is parsed, so the SQL writer never holds one long batch that acknowledgements wait behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from tests.support.app import make_settings, running_writer
+from token_service.clock import FakeClock
+from token_service.queue import keys
+from token_service.queue.scripts import Scripts
+from token_service.queue.service import FacilityRules, TokenQueue
+from token_service.queue.status import Source
+from token_service.records.recorder import BATCH, CHUNK, GROUP, Recorder
+from token_service.records.tokens import EVENT_INSERT, TOKEN_UPSERT
+from token_service.records.writer import Rows
+
+HIP = "IN0710000123"
+
+
+async def test_a_backlog_is_copied_chunk_by_chunk(tmp_path: Path, database_url: str, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    queue = TokenQueue(redis, Scripts.register(redis), FakeClock(1_795_000_000_000))
+    rules = FacilityRules(validity_s=8 * 3600)
+    issued = 3 * CHUNK + 5  # three full chunks and a short one
+    for i in range(issued):
+        await queue.issue(HIP, "OPD1", rules, prefix="A", source=Source.SCAN_SHARE, request_id=f"req-{i}")
+    stream = keys.events_stream(HIP)
+    assert await redis.xlen(stream) == issued
+
+    async with running_writer(settings) as (engine, writer):
+        submitted: list[
+            tuple[int, int, int]
+        ] = []  # per submission: events, token rows, entries still unacked
+        submit_rows = writer.submit_rows
+
+        async def spy(rows: Rows) -> list[Any]:
+            pending = (await redis.xpending(stream, GROUP))["pending"]
+            submitted.append(
+                (
+                    sum(op is EVENT_INSERT for op, _ in rows),
+                    sum(op is TOKEN_UPSERT for op, _ in rows),
+                    int(pending),
+                )
+            )
+            return await submit_rows(rows)
+
+        writer.submit_rows = spy  # type: ignore[method-assign]
+        rec = Recorder(redis, writer, facilities=lambda: _hips())
+        try:
+            # One read takes the whole backlog (it is under the recorder's read size) ...
+            assert issued <= BATCH
+            assert await rec.drain(HIP) == issued
+        finally:
+            await rec.close()
+            await redis.aclose()
+
+        # ... and hands it to the writer a chunk at a time, a token row and an event row per entry.
+        assert [events for events, _, _ in submitted] == [CHUNK, CHUNK, CHUNK, 5]
+        assert all(tokens == events for events, tokens, _ in submitted)
+        # Each chunk was acked once it committed, before the next one went to the writer.
+        assert [pending for *_, pending in submitted] == [issued - n * CHUNK for n in range(4)]
+        async with engine.connect() as conn:
+            events = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+            numbers = (await conn.execute(text("SELECT count(DISTINCT number) FROM token"))).scalar_one()
+        assert (events, numbers) == (issued, issued)
+    check = Redis.from_url(redis_url)
+    try:
+        assert await check.xlen(stream) == 0  # acked entries are deleted too
+    finally:
+        await check.aclose()
+
+
+async def _hips() -> list[str]:
+    return [HIP]
