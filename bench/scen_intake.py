@@ -136,6 +136,7 @@ async def run_intake(run: Run, section: Section) -> None:
     run.figures["shares_max_per_s"] = max_rate
     section.notes.append(
         "Latency is from the intended send time (open loop), so queueing inside the service is counted. "
+        "Each step's connections (half a second's worth of requests) are opened before its clock starts. "
         "The load generator, the sandbox and PostgreSQL share the same 2 cores with the service."
     )
     w = run.sizes.workers
