@@ -102,7 +102,7 @@ async def drive(
     # window, hundreds of connects in its first half second (the client's own included) were counted as
     # the first requests' latency.
     conns = [HttpConn(url) for _ in range(concurrency)]
-    await asyncio.gather(*(conn.send(_probe(url)) for conn in conns))
+    await asyncio.gather(*(conn.send(_health_request(url)) for conn in conns))
     settle_gc()
     wall0, mono0 = time.time(), time.perf_counter()
     deadline = mono0 + duration_s
@@ -142,7 +142,7 @@ async def drive(
     return result
 
 
-def _probe(url: str) -> bytes:
+def _health_request(url: str) -> bytes:
     return encode("GET", url.rstrip("/") + "/healthz", {})
 
 

@@ -34,9 +34,8 @@ async def test_a_backlog_is_copied_chunk_by_chunk(tmp_path: Path, database_url: 
     assert await redis.xlen(stream) == issued
 
     async with running_writer(settings) as (engine, writer):
-        submitted: list[
-            tuple[int, int, int]
-        ] = []  # per submission: events, token rows, entries still unacked
+        # Per submission: its event rows, its token rows, and the entries read but not yet acked.
+        submitted: list[tuple[int, int, int]] = []
         submit_rows = writer.submit_rows
 
         async def spy(rows: Rows) -> list[Any]:
@@ -51,7 +50,7 @@ async def test_a_backlog_is_copied_chunk_by_chunk(tmp_path: Path, database_url: 
             return await submit_rows(rows)
 
         writer.submit_rows = spy  # type: ignore[method-assign]
-        rec = Recorder(redis, writer, facilities=lambda: _hips())
+        rec = Recorder(redis, writer, facilities=_hips)
         try:
             # One read takes the whole backlog (it is under the recorder's read size) ...
             assert issued <= BATCH
