@@ -102,7 +102,8 @@ async def drive(
     # window, hundreds of connects in its first half second (the client's own included) were counted as
     # the first requests' latency.
     conns = [HttpConn(url) for _ in range(concurrency)]
-    await asyncio.gather(*(conn.send(_health_request(url)) for conn in conns))
+    health = encode("GET", url.rstrip("/") + "/healthz", {})
+    await asyncio.gather(*(conn.send(health) for conn in conns))
     settle_gc()
     wall0, mono0 = time.time(), time.perf_counter()
     deadline = mono0 + duration_s
@@ -140,10 +141,6 @@ async def drive(
     await asyncio.gather(*(worker(conn) for conn in conns))
     result.elapsed_s = time.perf_counter() - mono0
     return result
-
-
-def _health_request(url: str) -> bytes:
-    return encode("GET", url.rstrip("/") + "/healthz", {})
 
 
 async def single_connection_latency(url: str, n: int, max_s: float = 10.0) -> list[float]:
