@@ -25,9 +25,8 @@ from token_service.errors import Unavailable
 from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
-from token_service.records import writer as writer_module
 from token_service.records.tokens import EVENT_INSERT, TOKEN, TOKEN_UPSERT, _ms, event_row, token_rows
-from token_service.records.writer import BACKGROUND_WAIT_S, MAX_BATCH, SqlWriter, _pg_statement
+from token_service.records.writer import SqlWriter, _pg_statement
 from token_service.retention import MIN_DAYS
 
 HIP = "IN0710000123"
@@ -179,69 +178,6 @@ def test_a_later_state_written_first_gets_the_issues_identity(
                 row = (await conn.execute(select(TOKEN).where(TOKEN.c.number == 2))).one()
             assert (row.abha_address, row.request_id, row.status, row.version) == (None, None, "called", 2)
             assert row.patient is None
-
-    asyncio.run(scenario())
-
-
-def test_background_rows_ride_with_the_next_batch(
-    tmp_path: Path, database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Rows no request waits for (an on-share's outcome, history) commit with the next batch that
-    carries an acknowledgement, in its transaction; with none coming, on their own after
-    `BACKGROUND_WAIT_S`."""
-    settings = make_settings(tmp_path, redis_url, database_url)
-    batches: list[list[int]] = []  # per transaction, the token numbers it wrote
-    real_write = writer_module._write
-
-    async def spy(conn: Any, batch: Any) -> Any:
-        batches.append([row["number"] for unit in batch for _, row in unit.rows])
-        return await real_write(conn, batch)
-
-    monkeypatch.setattr(writer_module, "_write", spy)
-
-    async def scenario() -> None:
-        async with running_writer(settings) as (engine, writer):
-            background = asyncio.create_task(writer.submit_rows(token_rows([_token(1)]), background=True))
-            await asyncio.sleep(0.01)
-            assert not background.done()  # waiting for company
-            assert await writer.submit_rows(token_rows([_token(2)])) == [None]
-            assert await background == [None]
-            assert batches == [[2, 1]]
-
-            started = time.monotonic()
-            assert await writer.submit_rows(token_rows([_token(3)]), background=True) == [None]
-            assert time.monotonic() - started >= BACKGROUND_WAIT_S * 0.9
-            assert batches[1:] == [[3]]
-
-            # More background rows than one batch holds: the rest go at once in the next.
-            many = [writer.submit_rows(token_rows([_token(n)]), background=True)
-                    for n in range(10, 10 + MAX_BATCH + 5)]  # fmt: skip
-            await asyncio.gather(*many)
-            assert [len(b) for b in batches[2:]] == [MAX_BATCH, 5]
-
-            async with engine.connect() as conn:
-                numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
-            assert numbers == [1, 2, 3, *range(10, 10 + MAX_BATCH + 5)]
-
-    asyncio.run(scenario())
-
-
-def test_closing_fails_background_rows_still_waiting(
-    tmp_path: Path, database_url: str, redis_url: str
-) -> None:
-    """A writer closed while background rows wait tells their callers so (nothing is silently dropped:
-    the recorder then leaves its entries unacknowledged, the outbox its on-share pending)."""
-    settings = make_settings(tmp_path, redis_url, database_url)
-
-    async def scenario() -> None:
-        async with running_writer(settings) as (engine, writer):
-            waiting = asyncio.create_task(writer.submit_rows(token_rows([_token(1)]), background=True))
-            await asyncio.sleep(0)
-            await writer.close()
-            with pytest.raises(Unavailable):
-                await waiting
-            async with engine.connect() as conn:
-                assert (await conn.execute(select(TOKEN))).first() is None
 
     asyncio.run(scenario())
 

@@ -674,13 +674,13 @@ class Outbox:
                 "oid": on_share_id, "new_status": status, "inc": 1, "error": error,
                 "sent": at if status == "sent" else None,
             }),
-        ], background=True)  # fmt: skip
+        ])  # fmt: skip
 
     async def _finish(self, on_share_id: int, status: str, reason: str) -> None:
         await self._mark_done(on_share_id)
         await self.writer.submit_rows([
             (ONSHARE_OUTCOME, {"oid": on_share_id, "new_status": status, "inc": 0, "error": reason, "sent": None})
-        ], background=True)  # fmt: skip
+        ])  # fmt: skip
         onshare_results(status).inc()
         log.warning("on-share %s %s: %s", on_share_id, status, reason)
 

@@ -129,7 +129,7 @@ class Recorder:
             events.append(token_sql.event_row(hip_id, entry_id, kind, at_ms, desk, token))
 
         rows = token_sql.token_rows(states) + [(token_sql.EVENT_INSERT, e) for e in events]
-        await self.writer.submit_rows(rows, background=True)
+        await self.writer.submit_rows(rows)
         # Ack and delete in one transaction: acked-but-kept entries would make the stream grow forever.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(stream, GROUP, *ids)

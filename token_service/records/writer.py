@@ -11,18 +11,11 @@ Two kinds of unit share a batch:
   parameter list (the hot paths: token upserts, on-share rows, attempts). Per batch the works run
   first, in order, then each operation once, in `RowOp.order`. A unit's rows for several operations
   therefore commit together, and an operation never depends on a work of the same batch.
-
-Units nobody answers a request with (an on-share's outcome, the recorder's history) are submitted as
-*background*: they wait, at most `BACKGROUND_WAIT_S`, for the next batch that carries an
-acknowledgement, and commit with it. Written as they came, at a light load each was a transaction of
-its own, with its own commit and wake-ups: at 150 shares/s a share cost 2.1 transactions, 1.05 since.
-Under full load batches fill by themselves, and this changes nothing there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,8 +37,6 @@ log = logging.getLogger(__name__)
 Work = Callable[[AsyncConnection], Awaitable[None]]
 Row = dict[str, Any]
 MAX_BATCH = 256
-# How long a background unit may wait for a batch to ride with before it is written on its own.
-BACKGROUND_WAIT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -84,11 +75,7 @@ class _Unit:
 class SqlWriter:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._urgent: collections.deque[_Unit] = collections.deque()
-        # Background units, and the loop time by which the oldest of them must be written.
-        self._background: collections.deque[_Unit] = collections.deque()
-        self._background_due = 0.0
-        self._wake = asyncio.Event()  # set when a unit arrives that the batch loop must look at
+        self._queue: asyncio.Queue[_Unit] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         # The batch loop's own connection, kept between batches: checking one out of the pool per batch
         # (with its pre-ping round trip) cost more CPU than a small batch's statements. Any failure drops
@@ -105,10 +92,8 @@ class SqlWriter:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        waiting = [*self._urgent, *self._background]
-        self._urgent.clear()
-        self._background.clear()
-        for unit in waiting:
+        while not self._queue.empty():
+            unit = self._queue.get_nowait()
             if not unit.fut.done():
                 unit.fut.set_exception(Unavailable("the service is shutting down"))
         await self._drop_connection()
@@ -145,60 +130,30 @@ class SqlWriter:
         """Run `work` inside a shared transaction and return once it is committed."""
         await self._submit(_Unit(work, (), self._future()))
 
-    async def submit_rows(self, rows: Rows, *, background: bool = False) -> list[Any]:
+    async def submit_rows(self, rows: Rows) -> list[Any]:
         """Write `rows` (operation, parameters) in a shared transaction; return once committed.
 
         The answer holds each row's result (e.g. a RETURNING id), in the order given; None where the
-        operation returns nothing. `background` rows are ones no request waits for: they commit with
-        the next batch, or on their own after `BACKGROUND_WAIT_S`.
+        operation returns nothing.
         """
-        return await self._submit(_Unit(None, rows, self._future()), background)
+        return await self._submit(_Unit(None, rows, self._future()))
 
     def _future(self) -> asyncio.Future[list[Any]]:
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, unit: _Unit, background: bool = False) -> list[Any]:
+    async def _submit(self, unit: _Unit) -> list[Any]:
         if self._task is None:  # not started (CLI tools, tests): write at once, on a pooled connection
             async with self.engine.connect() as conn:
                 (result,) = await _write(conn, [unit])
             return result
-        if not background:
-            self._urgent.append(unit)
-            self._wake.set()
-        elif self._background:
-            self._background.append(unit)
-        else:  # the first one starts the clock the batch loop waits on
-            self._background_due = asyncio.get_running_loop().time() + BACKGROUND_WAIT_S
-            self._background.append(unit)
-            self._wake.set()
+        await self._queue.put(unit)
         return await unit.fut
-
-    async def _next_batch(self) -> list[_Unit]:
-        """The units waiting now, at least one: background units join the first batch that carries
-        another unit, or go alone once the oldest has waited `BACKGROUND_WAIT_S`."""
-        loop = asyncio.get_running_loop()
-        while not self._urgent:
-            self._wake.clear()
-            if not self._background:
-                await self._wake.wait()
-                continue
-            wait = self._background_due - loop.time()
-            if wait <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-        batch: list[_Unit] = []
-        for lane in (self._urgent, self._background):
-            while lane and len(batch) < MAX_BATCH:
-                batch.append(lane.popleft())
-        if self._background:  # left over from a full batch: due at once
-            self._background_due = loop.time()
-        return batch
 
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
                 results = await self._write_held(batch)
                 for unit, result in zip(batch, results, strict=True):
