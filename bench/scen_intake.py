@@ -143,7 +143,7 @@ async def run_intake(run: Run, section: Section) -> None:
     section.notes.append(
         "Latency is from the intended send time (open loop), so queueing inside the service is counted. "
         "Each step's connections (half a second's worth of requests) are opened before its clock starts. "
-        "The load generator, the sandbox and PostgreSQL share the same 2 cores with the service. "
+        f"The load generator, the sandbox and PostgreSQL share the same {cores} cores with the service. "
         "cpu_ms_per_share is the CPU of every process of the stack (the load generator included) during "
         "the step, per acknowledged share; cpu_busy_pct the same as a share of the box's cores. Under "
         "a steady load each message wakes its receiver on its own, where at the ceiling every wake-up "
