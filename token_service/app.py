@@ -195,6 +195,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             await _bounded(state.writer.close(), "sql writer")
             if state.breaker:
                 await _bounded(state.breaker.aclose(), "redis probe")
+            await _bounded(state.scripts.batch.aclose(), "script connection")
             await _bounded(state.redis.aclose(), "redis")
             await _bounded(state.engine.dispose(), "database")
             if state.embedded:

@@ -57,6 +57,7 @@ async def rebuild_queues(settings: Settings, hip_ids: list[str], day: date | Non
             target = day or local_day(clock.now_ms(), tz)[0]
             done[hip] = await rebuild_facility(queue, engine, hip, target)
     finally:
+        await queue.scripts.batch.aclose()
         await redis.aclose()
         await engine.dispose()
         if embedded:

@@ -500,6 +500,7 @@ class Outbox:
             await self._waiter.aclose()
         else:
             await self._waiter.aclose(close_connection_pool=True)
+        await self._batch.aclose()
 
     async def _beat(self) -> None:
         """This worker is alive: its leases count. Renewed well inside its lifetime."""
