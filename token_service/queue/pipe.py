@@ -177,7 +177,9 @@ class ScriptPipe:
             return protocol
         if self.breaker is not None:
             self.breaker.check()
-        if self._connecting is None:  # one connect at a time; concurrent requests wait for it
+        if self._connecting is None or self._connecting.done():
+            # One connect at a time; concurrent requests wait for it. A finished one whose waiters all
+            # went away (cancelled) is not reused: its answer, a failure perhaps, is stale.
             self._connecting = asyncio.ensure_future(self._connect())
         connecting = self._connecting
         try:
