@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tests.support.cluster import RedisClusterProc, cluster_tools_available
 from tests.support.servers import RedisProc
 from token_service.app import redis_client
+from token_service.queue.scripts import ScriptBatch
 from token_service.redis_guard import PROBE_TIMEOUT_S, RedisBreaker, RedisUnavailable, guard
 
 TIMEOUT_S = 1.0
@@ -86,6 +87,86 @@ async def test_breaker_on_a_hung_redis() -> None:
         async with client.pipeline(transaction=True) as pipe:
             assert await pipe.incr("guard:n").get("guard:n").execute() is not None
         assert breaker.trips == 1
+        await breaker.aclose()
+        await client.aclose()
+    finally:
+        rproc.cleanup()
+
+
+async def test_breaker_on_a_hung_redis_for_script_calls() -> None:
+    """The script batches' own pipelined connection (`queue/pipe.py`) meets a hang as the pool does."""
+    rproc = RedisProc().start()
+    assert rproc.proc is not None
+    try:
+        client, breaker = guarded(rproc.url)
+        batch = ScriptBatch(client)
+        assert batch.pipe is not None
+        incr = client.register_script("return redis.call('INCR', KEYS[1])")
+
+        async def timed_call() -> tuple[str, float]:
+            sent = time.monotonic()
+            try:
+                await batch.call(incr, ["guard:s"], [])
+                outcome = "ok"
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                outcome = type(exc).__name__
+            return outcome, time.monotonic() - sent
+
+        assert (await timed_call())[0] == "ok"
+        os.kill(rproc.proc.pid, signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            early = [asyncio.create_task(timed_call()) for _ in range(4)]  # one request
+            await asyncio.sleep(TIMEOUT_S / 2)
+            late = [asyncio.create_task(timed_call()) for _ in range(4)]  # a second, pipelined after it
+            results = await asyncio.gather(*early, *late)
+            # The first request's timeout opens the breaker, and the second is cut short with it.
+            assert all(outcome != "ok" for outcome, _ in results), results
+            assert time.monotonic() - stopped < TIMEOUT_S + 0.5, results
+            assert all(took < TIMEOUT_S / 2 + 0.3 for _, took in results[4:]), results
+            assert breaker.is_open and breaker.trips == 1
+            for _ in range(20):  # then a connection error at once, nothing written
+                outcome, took = await timed_call()
+                assert outcome == RedisUnavailable.__name__ and took < 0.05, (outcome, took)
+        finally:
+            os.kill(rproc.proc.pid, signal.SIGCONT)
+        start = time.monotonic()
+        while (await timed_call())[0] != "ok":
+            assert time.monotonic() - start < 2.0, "script calls did not come back"
+            await asyncio.sleep(0.02)
+        assert not breaker.is_open and breaker.trips == 1
+        await batch.aclose()
+        await breaker.aclose()
+        await client.aclose()
+    finally:
+        rproc.cleanup()
+
+
+async def test_script_calls_fail_at_once_when_another_connection_opened_the_breaker() -> None:
+    """The script connection is open and idle when a pooled command times out: its next call must not
+    be written to the hung Redis (and wait out a timeout of its own)."""
+    rproc = RedisProc().start()
+    assert rproc.proc is not None
+    try:
+        client, breaker = guarded(rproc.url)
+        batch = ScriptBatch(client)
+        incr = client.register_script("return redis.call('INCR', KEYS[1])")
+        assert await batch.call(incr, ["guard:o"], []) == 1  # connected, and idle from now on
+        os.kill(rproc.proc.pid, signal.SIGSTOP)
+        try:
+            assert (await timed_incr(client, "guard:o"))[0] != "ok"
+            assert breaker.is_open
+            sent = time.monotonic()
+            with pytest.raises(RedisUnavailable):
+                await batch.call(incr, ["guard:o"], [])
+            assert time.monotonic() - sent < 0.05
+        finally:
+            os.kill(rproc.proc.pid, signal.SIGCONT)
+        await until_ok(client, "guard:o", within_s=2.0)
+        # 1 before the hang, the pooled INCR that timed out (Redis runs it on resuming), the one that
+        # found Redis back, and this call: the refused call wrote nothing.
+        assert await batch.call(incr, ["guard:o"], []) == 4
+        await batch.aclose()
         await breaker.aclose()
         await client.aclose()
     finally:
