@@ -62,8 +62,10 @@ class RedisBreaker:
         self._opened_at = 0.0
         self._probe: asyncio.Task[None] | None = None
         self._stopped = False
-        # Connections waiting for a reply with the socket timeout armed: cut short when the breaker opens.
-        self.reading: set[AbstractConnection] = set()
+        # What waits for a reply with a timeout armed, cut short when the breaker opens: redis-py
+        # connections (their socket timeout is set to 0) and the script batches' own connections
+        # (`queue/pipe.py`), which fail their requests through a `cut_short()` of their own.
+        self.reading: set[Any] = set()
         self.trips = 0
 
     @property
@@ -130,8 +132,12 @@ class RedisBreaker:
                 await self._probe
 
 
-def _expire_read(conn: AbstractConnection) -> None:
+def _expire_read(conn: Any) -> None:
     """Let a read that is waiting for a reply time out now instead of at its deadline."""
+    cut_short = getattr(conn, "cut_short", None)
+    if cut_short is not None:
+        cut_short()
+        return
     expire = getattr(conn, "update_current_socket_timeout", None)  # redis-py >= 7
     if expire is not None:
         with contextlib.suppress(Exception):
