@@ -12,6 +12,7 @@ from fastapi import Response
 
 from bench.procs import CLIENT_ID, CLIENT_SECRET
 from token_service.abdm.sandbox import create_sandbox_app
+from token_service.app import tune_gc
 from token_service.abdm.sandbox_state import SandboxState
 
 
@@ -56,7 +57,10 @@ def main() -> None:
         state.clear_on_shares()
         return Response(status_code=204)
 
-    uvicorn.run(app, host="127.0.0.1", port=ns.port, log_level="warning", access_log=False)
+    tune_gc()  # as `opd-token sandbox` does: no full collections walking every module's objects
+    uvicorn.run(
+        app, host="127.0.0.1", port=ns.port, log_level="warning", access_log=False, proxy_headers=False
+    )
 
 
 if __name__ == "__main__":

@@ -220,6 +220,24 @@ async def test_on_share_shape_errors(
     assert state.on_shares()[0]["answered"] == 400
 
 
+async def test_on_share_paths_keep_their_routes(api: httpx.AsyncClient, state: SandboxState) -> None:
+    """POSTs take the receiver's short path; the routes still document the paths and answer the rest."""
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    for path in ("/api/hiecm/patient-share/v3/on-share", "/gateway/v1.0/patients/profile/on-share"):
+        assert "post" in paths[path]
+        assert (await api.get(path)).status_code == 405
+    unauthenticated = await api.post(
+        "/gateway/v1.0/patients/profile/on-share", json={}, headers={"X-CM-ID": "sbx"}
+    )
+    assert unauthenticated.status_code == 401 and unauthenticated.json()["fault"]["code"] == 900901
+    record = state.on_shares()[0]
+    assert (record["version"], record["path"], record["answered"]) == (
+        "v1",
+        "/gateway/v1.0/patients/profile/on-share",
+        401,
+    )
+
+
 async def test_share_api_needs_a_target(api: httpx.AsyncClient, state: SandboxState) -> None:
     state.bridge_url = None
     response = await api.post("/api/shares", json={"hip_id": "X", "counter": "OPD1", "abha_address": "a@sbx"})
