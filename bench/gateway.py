@@ -12,8 +12,8 @@ from fastapi import Response
 
 from bench.procs import CLIENT_ID, CLIENT_SECRET
 from token_service.abdm.sandbox import create_sandbox_app
-from token_service.app import tune_gc
 from token_service.abdm.sandbox_state import SandboxState
+from token_service.app import tune_gc
 
 
 class RecordingSandbox(SandboxState):
