@@ -1,4 +1,4 @@
-"""Load from Python: a raw keep-alive HTTP/1.1 client on an asyncio protocol, closed- and open-loop drivers."""
+"""Load from Python: a keep-alive HTTP/1.1 client on an asyncio protocol; closed- and open-loop drivers."""
 
 from __future__ import annotations
 
