@@ -26,7 +26,7 @@ from token_service.operations import AUDIT, AUDIT_INSERT
 from token_service.queue.service import Token
 from token_service.queue.status import Priority, Source, Status
 from token_service.records.tokens import EVENT_INSERT, TOKEN, TOKEN_UPSERT, _ms, event_row, token_rows
-from token_service.records.writer import SqlWriter, _pg_statement
+from token_service.records.writer import LINGER_S, SqlWriter, _pg_statement
 from token_service.retention import MIN_DAYS
 
 HIP = "IN0710000123"
@@ -205,6 +205,46 @@ def test_a_failing_unit_fails_alone(tmp_path: Path, database_url: str, redis_url
             async with engine.connect() as conn:
                 numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
             assert numbers == [1, 3, 4]
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_writer_gathers_units_an_idle_one_sends_at_once(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    """While units arrive close together the writer waits LINGER_S for the units behind the one it
+    took, and they share its commit. After a pause a unit goes out at once, without waiting."""
+    settings = make_settings(tmp_path, redis_url, database_url)
+
+    async def scenario() -> None:
+        async with running_writer(settings) as (engine, writer):
+            batches: list[int] = []
+            write = writer._write_held
+
+            async def counted(batch: Any) -> list[list[Any]]:
+                batches.append(len(batch))
+                return await write(batch)
+
+            writer._write_held = counted  # type: ignore[method-assign]
+            await writer.submit_rows(token_rows([_token(1)]))
+            assert (batches, writer.lingered) == ([1], 0)  # a first unit, after a pause: sent at once
+            burst = [writer.submit_rows(token_rows([_token(n)])) for n in range(2, 102)]
+            assert await asyncio.gather(*burst) == [[None]] * 100
+            assert (batches, writer.lingered) == ([1, 100], 1)  # the writer now counts as busy
+            second = asyncio.create_task(writer.submit_rows(token_rows([_token(102)])))
+            for _ in range(1000):  # until the writer has taken this unit and waits for more
+                if writer.lingered == 2:
+                    break
+                await asyncio.sleep(0)
+            third = asyncio.create_task(writer.submit_rows(token_rows([_token(103)])))
+            assert await asyncio.gather(second, third) == [[None], [None]]
+            assert (batches, writer.lingered) == ([1, 100, 2], 2)
+            await asyncio.sleep(LINGER_S * 50)
+            await writer.submit_rows(token_rows([_token(104)]))
+            assert (batches, writer.lingered) == ([1, 100, 2, 1], 2)
+            async with engine.connect() as conn:
+                numbers = [r.number for r in await conn.execute(select(TOKEN).order_by(TOKEN.c.number))]
+            assert numbers == list(range(1, 105))
 
     asyncio.run(scenario())
 
