@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from token_service.abdm.gateway import ON_SHARE_V1_PATH, ON_SHARE_V3_PATH
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.abdm.schemas import header_value, parse_timestamp
 
@@ -243,10 +244,7 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;font-size:13
 
 
 # The gateway's on-share endpoints, by path, with the on-share shape each one takes.
-ON_SHARE_PATHS: dict[str, str] = {
-    "/api/hiecm/patient-share/v3/on-share": "v3",
-    "/gateway/v1.0/patients/profile/on-share": "v1",
-}
+ON_SHARE_PATHS: dict[str, str] = {ON_SHARE_V3_PATH: "v3", ON_SHARE_V1_PATH: "v1"}
 
 
 class OnShareReceiver:
@@ -293,11 +291,11 @@ def create_sandbox_app(state: SandboxState) -> FastAPI:
     async def certs() -> dict[str, Any]:
         return state.jwks()
 
-    @app.post("/api/hiecm/patient-share/v3/on-share")
+    @app.post(ON_SHARE_V3_PATH)
     async def on_share_v3(request: Request) -> Response:
         return await _receive_on_share(state, "v3", request)
 
-    @app.post("/gateway/v1.0/patients/profile/on-share")
+    @app.post(ON_SHARE_V1_PATH)
     async def on_share_v1(request: Request) -> Response:
         return await _receive_on_share(state, "v1", request)
 
