@@ -434,7 +434,8 @@ def test_a_batch_is_one_round_trip(
     """A batch's statements, the on-share upsert's RETURNING among them, and its COMMIT reach
     PostgreSQL in one pipeline and come back in one answer: each acknowledgement in it waits for one
     round trip to the database, not one per RETURNING read plus one for the COMMIT and one more for
-    leaving the pipeline. The on-share ids are read from that answer."""
+    leaving the pipeline. The batch's own Sync makes the server answer: no flush request follows it
+    (a message and a write of its own). The on-share ids are read from that answer."""
     from psycopg._pipeline_base import BasePipeline
 
     settings = make_settings(tmp_path, redis_url, postgres_database_url)
@@ -457,7 +458,7 @@ def test_a_batch_is_one_round_trip(
             monkeypatch.setattr(BasePipeline, "_sync_gen", counted_sync)
             answers = await _two_batched_shares(writer)
             monkeypatch.undo()
-            assert trips == ["flush"], trips  # leaving the pipeline: its Sync, then the answers
+            assert trips == [], trips  # leaving the pipeline: its Sync, then the answers
             await _answers_are_the_on_share_ids(engine, answers)
 
     asyncio.run(scenario())
