@@ -231,6 +231,10 @@ def test_a_busy_writer_gathers_units_an_idle_one_sends_at_once(
             burst = [writer.submit_rows(token_rows([_token(n)])) for n in range(2, 102)]
             assert await asyncio.gather(*burst) == [[None]] * 100
             assert (batches, writer.lingered) == ([1, 100], 1)  # the writer now counts as busy
+            # Under a steady load the next unit comes a moment after the last. Here the 100-unit commit
+            # above comes in between, and on a slow or loaded box it takes long enough to lift the
+            # average over LINGER_S by itself: the next unit is taken as arriving right after the burst.
+            writer._arrivals.gap_s, writer._arrivals._last = 0.0, time.monotonic()
             second = asyncio.create_task(writer.submit_rows(token_rows([_token(102)])))
             for _ in range(1000):  # until the writer has taken this unit and waits for more
                 if writer.lingered == 2:
