@@ -1,8 +1,11 @@
 """The recorder copies a long backlog of queue events in chunks: each chunk is committed and acked before
-the next is parsed, so the SQL writer never holds one long batch that acknowledgements wait behind."""
+the next is parsed, so the SQL writer never holds one long batch that acknowledgements wait behind. Idle,
+it asks Redis less and less often, and still copies the first event that comes."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +13,12 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from tests.support.app import make_settings, running_writer
-from token_service.clock import FakeClock
+from token_service.clock import FakeClock, SystemClock
 from token_service.queue import keys
 from token_service.queue.scripts import Scripts
 from token_service.queue.service import FacilityRules, TokenQueue
 from token_service.queue.status import Source
-from token_service.records.recorder import BATCH, CHUNK, GROUP, Recorder
+from token_service.records.recorder import BATCH, CHUNK, GROUP, IDLE_MAX_S, SETTLE_MS, Recorder
 from token_service.records.tokens import EVENT_INSERT, TOKEN_UPSERT
 from token_service.records.writer import Rows
 
@@ -73,6 +76,44 @@ async def test_a_backlog_is_copied_chunk_by_chunk(tmp_path: Path, database_url: 
         assert await check.xlen(stream) == 0  # acked entries are deleted too
     finally:
         await check.aclose()
+
+
+async def test_an_idle_recorder_asks_less_often_and_still_copies_what_comes(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    settings = make_settings(tmp_path, redis_url, database_url)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    queue = TokenQueue(redis, Scripts.register(redis), SystemClock())
+
+    async def reads() -> int:
+        stats: Any = await redis.info("commandstats")
+        return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+    async with running_writer(settings) as (engine, writer):
+        rec = Recorder(redis, writer, facilities=_hips)
+        rec.start()
+        try:
+            await asyncio.sleep(0.2)
+            before = await reads()
+            await asyncio.sleep(2.0)
+            # Waits of 0.05, 0.1, 0.2, 0.4 s, then 0.5 s each: a handful of reads in 2 s, where a read
+            # every 50 ms made about 40 (per facility, per worker).
+            assert await reads() - before <= 12
+            assert IDLE_MAX_S <= SETTLE_MS / 1000
+
+            await queue.issue(HIP, "OPD1", FacilityRules(validity_s=3600), prefix="A", source=Source.WALK_IN)
+            issued = time.monotonic()
+            copied = 0
+            while not copied and time.monotonic() - issued < 5:
+                await asyncio.sleep(0.05)
+                async with engine.connect() as conn:
+                    copied = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+            # Found within one long wait, then copied once it is SETTLE_MS old, as before.
+            assert copied == 1
+            assert time.monotonic() - issued < IDLE_MAX_S + SETTLE_MS / 1000 + 1.0
+        finally:
+            await rec.close()
+            await redis.aclose()
 
 
 async def _hips() -> list[str]:
