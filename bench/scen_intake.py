@@ -16,6 +16,7 @@ import httpx
 from bench import checks, pgwaits
 from bench.context import Run
 from bench.loadgen import LoadResult, drive
+from bench.stack import BoxCpu
 from bench.stats import Section, summary_ms
 
 CLOSED_CONCURRENCY = 64
@@ -41,16 +42,22 @@ async def run_intake(run: Run, section: Section) -> None:
     span = (0.0, 0.0)  # the last step's start and end
 
     cores = os.cpu_count() or 1
-    step_cpu: dict[str, float] = {}  # the last step's CPU, in all the stack's processes
+    step_cpu: dict[str, float] = {}  # the last step's CPU, in all the stack's processes and outside it
+    busiest = [""]  # the last step's busiest processes outside the stack
+    outside_notes: list[str] = []
 
     async def load(n: int, concurrency: int, duration_s: float, rate: float | None = None) -> LoadResult:
         nonlocal cursor, span
         started = time.time()
-        cpu0 = sum(stack.cpu_seconds().values())
+        ours = stack.stack_pids()
+        box0, cpu0 = BoxCpu.now(), sum(stack.cpu_seconds().values())
         r = await drive(
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
         cpu = sum(stack.cpu_seconds().values()) - cpu0
+        outside = BoxCpu.now().since(box0, ours, r.elapsed_s)
+        busiest[0] = str(outside.pop("other_busiest"))
+        step_cpu.update(outside)  # type: ignore[arg-type]
         step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / max(1, r.ok_count(202)), 2)
         step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
         sent = [ids[cursor + i] for i in r.index]
@@ -129,6 +136,7 @@ async def run_intake(run: Run, section: Section) -> None:
             conc = min(512, max(32, int(rate * 0.5)))
             r = await load(n, concurrency=conc, duration_s=step, rate=rate)
             row = _row(f"{int(frac * 100)} % of max", r, rate) | step_cpu
+            outside_notes.append(f"{int(frac * 100)} %: {busiest[0]}")
             if waits is not None:
                 row.update(waits.window(*span))
             section.rows.append(row)
@@ -149,6 +157,12 @@ async def run_intake(run: Run, section: Section) -> None:
         "a steady load each message wakes its receiver on its own, where at the ceiling every wake-up "
         "finds several waiting: a share costs more CPU at half the ceiling than at the ceiling, so the "
         "cores are busier than half."
+    )
+    section.notes.append(
+        "other_cpu_pct is the CPU that processes outside the stack used during the step (the box's own "
+        "services), kernel_threads_pct that of the kernel's threads (some of it the stack's own loopback "
+        "traffic), steal_pct the time the hypervisor gave to other machines, each as a share of the box's "
+        "cores. Busiest processes outside the stack, by step: " + "; ".join(outside_notes) + "."
     )
     w = run.sizes.workers
     section.check(f"≥ 2,000 shares/s with {w} workers", max_rate >= 2000, f"{max_rate:.0f} shares/s")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -90,6 +91,14 @@ class Stack:
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+    def stack_pids(self) -> set[int]:
+        """Every process of the stack: the service (its supervisor too), Redis, the sandbox, PostgreSQL's
+        server processes and this process."""
+        assert self.service.child is not None
+        procs = [*self.service.child.tree(), *(p for c in self.others.values() for p in c.tree())]
+        pids = {p.pid for p in procs} | {psutil.Process().pid}
+        return pids | {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"}
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU seconds used so far by each part of the stack on this box (PostgreSQL: all
@@ -223,3 +232,49 @@ def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]
             child.stop()
         if database_url:
             drop_database(database_url)
+
+
+@dataclass(frozen=True)
+class BoxCpu:
+    """The whole box's CPU at one moment: its counters and every process's user + system seconds."""
+
+    times: Any  # psutil's scputimes
+    procs: dict[int, tuple[str, float, bool]]  # pid -> name, CPU seconds, a kernel thread
+
+    @classmethod
+    def now(cls) -> BoxCpu:
+        procs = {}
+        for p in psutil.process_iter(["name", "ppid", "cpu_times"]):
+            t = p.info["cpu_times"]
+            if t is not None:
+                kernel = p.pid == 2 or p.info["ppid"] == 2  # kthreadd and its children
+                procs[p.pid] = (str(p.info["name"]), t.user + t.system, kernel)
+        return cls(psutil.cpu_times(), procs)
+
+    def since(self, before: BoxCpu, stack: set[int], elapsed_s: float) -> dict[str, object]:
+        """What the box did meanwhile outside the stack, as a share of its cores: the CPU of the other
+        processes (the box's own services), of the kernel's threads (some of it the stack's own network
+        traffic), and the time the hypervisor gave to other machines; the busiest of the other
+        processes by name."""
+        cores = psutil.cpu_count() or 1
+        others: dict[str, float] = {}
+        kernel_s = 0.0
+        for pid, (name, cpu, kernel) in self.procs.items():
+            if pid in stack:
+                continue
+            used = cpu - before.procs[pid][1] if pid in before.procs else cpu
+            if used <= 0:
+                continue
+            if kernel:
+                kernel_s += used
+            else:
+                others[name] = others.get(name, 0.0) + used
+        pct = 100 / (elapsed_s * cores)
+        busiest = sorted(others.items(), key=lambda kv: -kv[1])[:3]
+        return {
+            "other_cpu_pct": round(sum(others.values()) * pct, 1),
+            "kernel_threads_pct": round(kernel_s * pct, 1),
+            "steal_pct": round((self.times.steal - before.times.steal) * pct, 1),
+            "other_busiest": ", ".join(f"{n} {v * pct:.1f} %" for n, v in busiest if v * pct >= 0.1)
+            or "none",
+        }
