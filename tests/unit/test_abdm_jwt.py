@@ -367,11 +367,13 @@ async def test_verified_token_is_remembered_until_it_expires(
         return real_decode(token, key)
 
     monkeypatch.setattr(verifier, "_decode", counting)
-    token = state.sign_gateway_jwt(ttl_s=1)
+    # Whole seconds: a token signed late in a second with a 1 s lifetime expired before a slow box
+    # had verified it once. Two seconds leave at least one; then wait until it has expired.
+    token = state.sign_gateway_jwt(ttl_s=2)
     first = await verifier.verify(f"Bearer {token}")
     assert await verifier.verify(f"Bearer {token}") == first
     assert decoded == [token]  # the signature was checked once
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(first["exp"] - time.time() + 0.2)
     with pytest.raises(InvalidGatewayToken, match="expired"):
         await verifier.verify(f"Bearer {token}")
     assert decoded == [token, token]
