@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -243,3 +244,28 @@ def guard(client: Redis, breaker: RedisBreaker) -> Redis:
         pool: Any = client.connection_pool
         pool.connection_class = guarded_class(pool.connection_class, breaker)
     return client
+
+
+def blocking_client(redis: Redis, socket_timeout: float) -> Redis:
+    """A second client with its own connections and a read timeout longer than a blocking wait."""
+    if isinstance(redis, RedisCluster):
+        # The cluster's connection kwargs carry client internals; pass on only what a connection needs.
+        base = redis.get_connection_kwargs()
+        kept = ("username", "password", "decode_responses", "socket_connect_timeout")
+        kwargs = {k: base[k] for k in kept if base.get(k) is not None}
+        nodes = [ClusterNode(n.host, n.port) for n in redis.nodes_manager.startup_nodes.values()]
+        client = RedisCluster(startup_nodes=nodes, max_connections=2, socket_timeout=socket_timeout, **kwargs)
+        return cast(Redis, client)
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": socket_timeout}
+    return Redis(
+        connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=2, **kwargs)
+    )
+
+
+async def close_blocking_client(client: Redis) -> None:
+    """Close a `blocking_client` with its connections."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)

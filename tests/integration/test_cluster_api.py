@@ -3,16 +3,21 @@ issues, calls, streams the call to the board, takes a share and delivers its on-
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+import redis
+from redis.asyncio import RedisCluster
+from sqlalchemy import text
 
-from tests.support.app import HIP, ServiceProc, make_settings, seed
+from tests.support.app import HIP, ServiceProc, make_settings, running_writer, seed
 from tests.support.cluster import RedisClusterProc, running_cluster
 from tests.support.load import login_headers, sql_rows
 from tests.support.servers import ServerThread
@@ -20,6 +25,11 @@ from token_service.abdm.outbox import Outbox
 from token_service.abdm.sandbox import create_sandbox_app
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.app import redis_client
+from token_service.clock import SystemClock
+from token_service.queue.scripts import Scripts
+from token_service.queue.service import FacilityRules, TokenQueue
+from token_service.queue.status import Source
+from token_service.records.recorder import IDLE_MAX_S, SETTLE_MS, Recorder
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +127,53 @@ def test_service_on_redis_cluster(tmp_path: Path, cluster: RedisClusterProc) -> 
                 time.sleep(0.1)
         finally:
             svc.stop()
+
+
+async def test_an_idle_recorder_on_a_cluster_asks_each_stream_less_often(
+    tmp_path: Path, cluster: RedisClusterProc
+) -> None:
+    """A cluster refuses one read of streams in different slots, so there the recorder asks each
+    facility's stream on its own; while nothing comes the wait between rounds doubles from 50 ms up to
+    SETTLE_MS. The first event that comes is still copied."""
+    cluster.flushall()
+    settings = make_settings(tmp_path, cluster.url)
+    client = redis_client(cluster.url, decode_responses=True)
+    await cast(RedisCluster, client).initialize()
+    queue = TokenQueue(client, Scripts.register(client), SystemClock())
+
+    async def hips() -> list[str]:
+        return [HIP]
+
+    def reads() -> int:
+        total = 0
+        for url in cluster.node_urls:
+            node = redis.Redis.from_url(url)
+            try:
+                stats: Any = node.info("commandstats")
+                total += int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+            finally:
+                node.close()
+        return total
+
+    async with running_writer(settings) as (engine, writer):
+        rec = Recorder(client, writer, facilities=hips)
+        rec.start()
+        try:
+            await asyncio.sleep(0.2)
+            before = reads()
+            await asyncio.sleep(2.0)
+            # Waits of 0.05, 0.1, 0.2, 0.4 s, then 0.5 s each: a handful of reads in 2 s, where a read
+            # every 50 ms made about 40.
+            assert reads() - before <= 12
+            await queue.issue(HIP, "OPD1", FacilityRules(validity_s=3600), prefix="A", source=Source.WALK_IN)
+            issued = time.monotonic()
+            copied = 0
+            while not copied and time.monotonic() - issued < 5:
+                await asyncio.sleep(0.05)
+                async with engine.connect() as conn:
+                    copied = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+            assert copied == 1
+            assert time.monotonic() - issued < IDLE_MAX_S + SETTLE_MS / 1000 + 1.0
+        finally:
+            await rec.close()
+            await client.aclose()

@@ -28,12 +28,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import orjson
 from prometheus_client import Counter as PromCounter
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio import Redis, RedisCluster
 from sqlalchemy import bindparam, func, literal_column, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -55,6 +54,7 @@ from token_service.records.writer import (
     json_rows_insert,
     psycopg_path,
 )
+from token_service.redis_guard import blocking_client, close_blocking_client
 
 __all__ = ["Outbox", "OutboxEntry"]
 
@@ -427,7 +427,7 @@ class Outbox:
         self._running = False  # the delivery loop runs: wake() may hand its on-share to this worker
         # Blocking reads get their own connection pool: a BLPOP parked on a shared connection would
         # tie up the pool's read-timeout machinery that the queue's short commands rely on.
-        self._waiter: Redis = _blocking_client(redis, MAX_IDLE_WAIT_S + 5)
+        self._waiter: Redis = blocking_client(redis, MAX_IDLE_WAIT_S + 5)
 
     # ---- intake side ----
 
@@ -496,10 +496,7 @@ class Outbox:
                 await _cancel(task)
         with contextlib.suppress(Exception):
             await self.redis.delete(BEAT_PREFIX + self.worker)
-        if isinstance(self._waiter, RedisCluster):
-            await self._waiter.aclose()
-        else:
-            await self._waiter.aclose(close_connection_pool=True)
+        await close_blocking_client(self._waiter)
         await self._batch.aclose()
 
     async def _beat(self) -> None:
@@ -735,23 +732,6 @@ class Outbox:
             log.info("on-share outbox: queued %d pending on-shares found in SQL", queued)
             await self.redis.lpush(WAKE_KEY, "1")
         return queued
-
-
-def _blocking_client(redis: Redis, socket_timeout: float) -> Redis:
-    """A second client with its own connections and a read timeout longer than a blocking wait."""
-    if isinstance(redis, RedisCluster):
-        # The cluster's connection kwargs carry client internals; pass on only what a connection needs.
-        base = redis.get_connection_kwargs()
-        kept = ("username", "password", "decode_responses", "socket_connect_timeout")
-        kwargs = {k: base[k] for k in kept if base.get(k) is not None}
-        nodes = [ClusterNode(n.host, n.port) for n in redis.nodes_manager.startup_nodes.values()]
-        client = RedisCluster(startup_nodes=nodes, max_connections=2, socket_timeout=socket_timeout, **kwargs)
-        return cast(Redis, client)
-    pool = redis.connection_pool
-    kwargs = {**pool.connection_kwargs, "socket_timeout": socket_timeout}
-    return Redis(
-        connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=2, **kwargs)
-    )
 
 
 def _let_go(sending: set[int], on_share_id: int, _task: asyncio.Task[None]) -> None:

@@ -17,13 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from token_service.queue import keys
 from token_service.queue.service import Token
 from token_service.records import tokens as token_sql
 from token_service.records.writer import SqlWriter
+from token_service.redis_guard import blocking_client, close_blocking_client
 from token_service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,16 @@ SETTLE_MS = 500
 # one go, their parsing held the event loop and their rows (a token and an event each) made one long
 # SQL batch that every acknowledgement behind it waited for: ack latency peaked every half second.
 CHUNK = 32
-# An idle recorder asks every facility's stream for new entries. Each time none came it waits twice as
-# long before asking again, up to SETTLE_MS (an entry waits that long before it is copied anyway, so the
-# history still lands within about a second); the first entry found brings the short wait back. Asking
-# every 50 ms kept two idle workers serving 50 facilities 30-40 % of a core busy, sending Redis about
-# 1,700 reads a second.
+# The recorder reads every facility's stream in one blocking read on a connection of its own: Redis
+# answers as soon as any of them has new entries, or after BLOCK_MS with none. An idle service thus
+# sends one read a second per worker however many facilities it serves. (Asking each stream every
+# 50 ms kept two idle workers serving 50 facilities 30-40 % of a core busy, sending Redis about 1,700
+# reads a second.)
+BLOCK_MS = 1000
+# Redis Cluster refuses a read of streams in different slots (each facility has its own): there each
+# stream is asked on its own, and while none has anything the wait between rounds doubles from 50 ms up
+# to SETTLE_MS (an entry waits that long before it is copied anyway, so the history still lands within
+# about a second).
 IDLE_FIRST_S = 0.05
 IDLE_MAX_S = SETTLE_MS / 1000
 # How often the entries of a dead worker are looked for: they count as its once CLAIM_IDLE_MS idle.
@@ -66,14 +72,20 @@ class Recorder:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._groups: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._waiter: Redis | None = None  # the blocking reads' client (None on Redis Cluster)
         self.recorded = 0
 
     def start(self) -> None:
+        if not isinstance(self.redis, RedisCluster):
+            self._waiter = blocking_client(self.redis, BLOCK_MS / 1000 + 5)
         self._task = asyncio.create_task(self._run(), name="recorder")
 
     async def close(self) -> None:
         if self._task:
             await cancel_and_wait(self._task)
+        if self._waiter is not None:
+            await close_blocking_client(self._waiter)
+            self._waiter = None
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
@@ -110,13 +122,25 @@ class Recorder:
         if not entries:
             return 0
         if settle:
-            newest_ms = int(entries[-1][0].split("-")[0])
-            # Entry ids carry Redis's clock: capped, so a skewed clock cannot stall the recorder.
-            wait_ms = min(SETTLE_MS, newest_ms + SETTLE_MS - time.time() * 1000)
-            if wait_ms > 0:
-                await asyncio.sleep(wait_ms / 1000)
+            await _settle(entries[-1][0])
         await self._record(hip_id, stream, entries)
         return len(entries)
+
+    async def _read_all(self, waiter: Redis, hips: list[str]) -> int:
+        """One blocking read of every facility's stream; what it brings is copied once settled."""
+        streams = {keys.events_stream(hip): hip for hip in hips}
+        for stream in streams:
+            await self._ensure_group(stream)
+        got: Any = await waiter.xreadgroup(
+            GROUP, self.consumer, dict.fromkeys(streams, ">"), count=BATCH, block=BLOCK_MS
+        )
+        found = [(_text(stream), items) for stream, items in got or [] if items]
+        if not found:
+            return 0
+        await _settle(max((items[-1][0] for _, items in found), key=_entry_ms))
+        for stream, items in found:
+            await self._record(streams[stream], stream, items)
+        return sum(len(items) for _, items in found)
 
     async def _record(self, hip_id: str, stream: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
         for start in range(0, len(entries), CHUNK):
@@ -156,6 +180,14 @@ class Recorder:
                 claim_old = time.monotonic() >= next_claim
                 if claim_old:
                     next_claim = time.monotonic() + CLAIM_EVERY_S
+                if self._waiter is not None:
+                    for hip in hips if claim_old else ():
+                        await self._claim_old(hip)
+                    if hips:
+                        await self._read_all(self._waiter, hips)
+                    else:
+                        await asyncio.sleep(BLOCK_MS / 1000)
+                    continue
                 busy = 0
                 for hip in hips:
                     busy += await self._once_safe(hip, claim_old)
@@ -171,13 +203,33 @@ class Recorder:
                 await asyncio.sleep(0.5)
 
     async def _once_safe(self, hip_id: str, claim_old: bool) -> int:
+        if claim_old:
+            await self._claim_old(hip_id)
+        return await self._once(hip_id, claim=False, settle=True)
+
+    async def _claim_old(self, hip_id: str) -> None:
+        """Copy the entries a dead worker left unacknowledged (idle for CLAIM_IDLE_MS)."""
         stream = keys.events_stream(hip_id)
         await self._ensure_group(stream)
-        if claim_old:
-            answer: Any = await self.redis.xautoclaim(
-                stream, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, count=BATCH
-            )
-            claimed = answer[1]
-            if claimed:
-                await self._record(hip_id, stream, claimed)
-        return await self._once(hip_id, claim=False, settle=True)
+        answer: Any = await self.redis.xautoclaim(
+            stream, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, count=BATCH
+        )
+        claimed = answer[1]
+        if claimed:
+            await self._record(hip_id, stream, claimed)
+
+
+def _text(name: str | bytes) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def _entry_ms(entry_id: str) -> int:
+    return int(entry_id.split("-")[0])
+
+
+async def _settle(newest_id: str) -> None:
+    """Wait until the newest entry read is SETTLE_MS old. Entry ids carry Redis's clock: the wait is
+    capped, so a skewed clock cannot stall the recorder."""
+    wait_ms = min(SETTLE_MS, _entry_ms(newest_id) + SETTLE_MS - time.time() * 1000)
+    if wait_ms > 0:
+        await asyncio.sleep(wait_ms / 1000)
