@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session
 
@@ -23,6 +25,8 @@ from token_service.auth import hash_password, new_device_token
 from token_service.clock import Clock
 from token_service.config import Settings
 from token_service.models import Counter, Desk, Device, Facility, User
+from token_service.queue.service import FacilityRules, TokenQueue
+from token_service.queue.status import Source
 from token_service.records.db import async_engine, migrate, sync_engine
 from token_service.records.writer import SqlWriter
 
@@ -42,6 +46,20 @@ async def running_writer(settings: Settings) -> AsyncIterator[tuple[AsyncEngine,
     finally:
         await writer.close()
         await engine.dispose()
+
+
+async def seconds_until_recorded(queue: TokenQueue, engine: AsyncEngine, hip_id: str) -> float:
+    """Issue a walk-in token and wait (up to 5 s) for a running recorder to copy its event into the
+    empty history; the seconds that took."""
+    await queue.issue(hip_id, "OPD1", FacilityRules(validity_s=3600), prefix="A", source=Source.WALK_IN)
+    issued = time.monotonic()
+    copied = 0
+    while not copied and time.monotonic() - issued < 5:
+        await asyncio.sleep(0.05)
+        async with engine.connect() as conn:
+            copied = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+    assert copied == 1
+    return time.monotonic() - issued
 
 
 def make_settings(data_dir: Path, redis_url: str, database_url: str = "", **extra: object) -> Settings:
