@@ -5,6 +5,7 @@ it waits for the entries of all its facilities in one read."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,32 @@ async def test_an_idle_recorder_waits_in_one_read_for_every_facility(
             assert await reads() - before <= 4
             # The waiting read brings it at once; it is copied once it is SETTLE_MS old.
             assert await seconds_until_recorded(queue, engine, HIP) < SETTLE_MS / 1000 + 1.0
+        finally:
+            await rec.close()
+            await redis.aclose()
+
+
+async def test_a_recorder_makes_its_group_again_when_redis_lost_the_stream(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    """Redis lost the facility's stream and its group (a restart without its data): the next event
+    makes the stream again, and the recorder makes its group again and copies it."""
+    settings = make_settings(tmp_path, redis_url, database_url)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    queue = TokenQueue(redis, Scripts.register(redis), SystemClock())
+    async with running_writer(settings) as (engine, writer):
+        rec = Recorder(redis, writer, facilities=_hips)
+        rec.start()
+        try:
+            assert await seconds_until_recorded(queue, engine, HIP) < SETTLE_MS / 1000 + 1.0
+            await redis.delete(keys.events_stream(HIP))
+            await queue.issue(HIP, "OPD1", FacilityRules(validity_s=3600), prefix="A", source=Source.WALK_IN)
+            copied, deadline = 1, time.monotonic() + 5
+            while copied < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                async with engine.connect() as conn:
+                    copied = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+            assert copied == 2
         finally:
             await rec.close()
             await redis.aclose()

@@ -199,6 +199,10 @@ class Recorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or SQL down: keep trying, nothing is acked
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    # Redis lost a stream with its group (a restart without its data, a flush): the
+                    # groups are made again on the next round, from the stream's first entry.
+                    self._groups.clear()
                 log.warning("recorder paused: %s", exc)
                 await asyncio.sleep(0.5)
 
