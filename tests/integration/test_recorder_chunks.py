@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -18,6 +19,7 @@ from token_service.queue import keys
 from token_service.queue.scripts import Scripts
 from token_service.queue.service import FacilityRules, TokenQueue
 from token_service.queue.status import Source
+from token_service.records import recorder
 from token_service.records.recorder import BATCH, CHUNK, GROUP, SETTLE_MS, Recorder
 from token_service.records.tokens import EVENT_INSERT, TOKEN_UPSERT
 from token_service.records.writer import Rows
@@ -136,6 +138,34 @@ async def test_a_recorder_makes_its_group_again_when_redis_lost_the_stream(
         finally:
             await rec.close()
             await redis.aclose()
+
+
+async def test_a_dead_workers_entries_are_claimed_all_at_once(
+    tmp_path: Path, database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed at the morning rush can leave more entries read and unacknowledged than one
+    claim takes (BATCH): one round of claims copies them all, so the history catches up at once."""
+    settings = make_settings(tmp_path, redis_url, database_url)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    queue = TokenQueue(redis, Scripts.register(redis), FakeClock(1_795_000_000_000))
+    left = BATCH + 40
+    for _ in range(left):
+        await queue.issue(HIP, "OPD1", FacilityRules(validity_s=8 * 3600), prefix="A", source=Source.WALK_IN)
+    stream = keys.events_stream(HIP)
+    await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await redis.xreadgroup(GROUP, "killed-worker", {stream: ">"}, count=left)  # read, never acked
+    assert (await redis.xpending(stream, GROUP))["pending"] == left
+    monkeypatch.setattr(recorder, "CLAIM_IDLE_MS", 0)  # as if they had been idle long enough
+    async with running_writer(settings) as (engine, writer):
+        rec = Recorder(redis, writer, facilities=_hips)
+        try:
+            await rec._claim_old(HIP)
+        finally:
+            await rec.close()
+            await redis.aclose()
+        async with engine.connect() as conn:
+            events = (await conn.execute(text("SELECT count(*) FROM token_event"))).scalar_one()
+        assert events == left
 
 
 async def _hips() -> list[str]:

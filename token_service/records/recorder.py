@@ -212,15 +212,20 @@ class Recorder:
         return await self._once(hip_id, claim=False, settle=True)
 
     async def _claim_old(self, hip_id: str) -> None:
-        """Copy the entries a dead worker left unacknowledged (idle for CLAIM_IDLE_MS)."""
+        """Copy the entries a dead worker left unacknowledged (idle for CLAIM_IDLE_MS), all of them:
+        BATCH at a time, each claim going on from where the last stopped."""
         stream = keys.events_stream(hip_id)
         await self._ensure_group(stream)
-        answer: Any = await self.redis.xautoclaim(
-            stream, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, count=BATCH
-        )
-        claimed = answer[1]
-        if claimed:
-            await self._record(hip_id, stream, claimed)
+        start: Any = "0-0"
+        while True:
+            answer: Any = await self.redis.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=CLAIM_IDLE_MS, start_id=start, count=BATCH
+            )
+            start, claimed = answer[0], answer[1]
+            if claimed:
+                await self._record(hip_id, stream, claimed)
+            if _text(start) == "0-0":
+                return
 
 
 def _text(name: str | bytes) -> str:
