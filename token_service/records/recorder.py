@@ -134,7 +134,7 @@ class Recorder:
         got: Any = await waiter.xreadgroup(
             GROUP, self.consumer, dict.fromkeys(streams, ">"), count=BATCH, block=BLOCK_MS
         )
-        found = [(_text(stream), items) for stream, items in got or [] if items]
+        found = [(stream, items) for stream, items in got or [] if items]
         if not found:
             return 0
         await _settle(max((items[-1][0] for _, items in found), key=_entry_ms))
@@ -176,21 +176,16 @@ class Recorder:
         while True:
             try:
                 hips = await self.facilities()
-                # Now and then also claim entries a dead worker left unacknowledged.
-                claim_old = time.monotonic() >= next_claim
-                if claim_old:
+                if time.monotonic() >= next_claim:  # now and then, what dead workers left unacknowledged
                     next_claim = time.monotonic() + CLAIM_EVERY_S
-                if self._waiter is not None:
-                    for hip in hips if claim_old else ():
+                    for hip in hips:
                         await self._claim_old(hip)
-                    if hips:
-                        await self._read_all(self._waiter, hips)
-                    else:
-                        await asyncio.sleep(BLOCK_MS / 1000)
+                if self._waiter is not None and hips:
+                    await self._read_all(self._waiter, hips)  # waits up to BLOCK_MS by itself
                     continue
                 busy = 0
                 for hip in hips:
-                    busy += await self._once_safe(hip, claim_old)
+                    busy += await self._once(hip, claim=False, settle=True)
                 if busy:
                     idle_s = IDLE_FIRST_S
                 else:
@@ -206,11 +201,6 @@ class Recorder:
                 log.warning("recorder paused: %s", exc)
                 await asyncio.sleep(0.5)
 
-    async def _once_safe(self, hip_id: str, claim_old: bool) -> int:
-        if claim_old:
-            await self._claim_old(hip_id)
-        return await self._once(hip_id, claim=False, settle=True)
-
     async def _claim_old(self, hip_id: str) -> None:
         """Copy the entries a dead worker left unacknowledged (idle for CLAIM_IDLE_MS), all of them:
         BATCH at a time, each claim going on from where the last stopped."""
@@ -224,12 +214,8 @@ class Recorder:
             start, claimed = answer[0], answer[1]
             if claimed:
                 await self._record(hip_id, stream, claimed)
-            if _text(start) == "0-0":
+            if start == "0-0":
                 return
-
-
-def _text(name: str | bytes) -> str:
-    return name.decode() if isinstance(name, bytes) else name
 
 
 def _entry_ms(entry_id: str) -> int:
