@@ -17,7 +17,7 @@ from bench import checks, pgwaits
 from bench.context import Run
 from bench.loadgen import LoadResult, drive
 from bench.stack import BoxCpu
-from bench.stats import Section, speed_probe_ms, summary_ms
+from bench.stats import Section, core_speeds_ms, summary_ms
 
 CLOSED_CONCURRENCY = 64
 
@@ -50,13 +50,13 @@ async def run_intake(run: Run, section: Section) -> None:
         nonlocal cursor, span
         started = time.time()
         ours = stack.stack_pids()
-        probe = speed_probe_ms()
+        probe = core_speeds_ms()
         box0, cpu0 = BoxCpu.now(), sum(stack.cpu_seconds().values())
         r = await drive(
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
         cpu = sum(stack.cpu_seconds().values()) - cpu0
-        probe_after = speed_probe_ms()
+        probe_after = core_speeds_ms()
         outside = BoxCpu.now().since(box0, ours, r.elapsed_s)
         busiest[0] = str(outside.pop("other_busiest"))
         step_cpu.update(outside)  # type: ignore[arg-type]
@@ -170,11 +170,16 @@ async def run_intake(run: Run, section: Section) -> None:
     )
     probe = run.figures.get("probe_ms")
     section.notes.append(
-        "probe_ms and probe_after_ms are how long a fixed piece of Python work took in the load generator "
-        "just before and just after the step (best of 20; `speed_probe_ms` in bench/stats.py)"
-        + (f", against {probe} ms as scenario 1 measured the hello" if probe else "")
-        + ". A larger figure means the box ran slower: every process's CPU per share rises with it, and "
-        "the ratio to the hello understates the service."
+        "probe_ms and probe_after_ms are how long a fixed piece of Python work took on each of the box's "
+        "cores just before and just after the step (best of 20 on each; `core_speeds_ms` in "
+        "bench/stats.py)"
+        + (
+            " against " + " and ".join(f"{ms} ms" for ms in probe) + " as scenario 1 measured the hello"
+            if probe
+            else ""
+        )
+        + ". A larger figure means that core ran slower (the host ran something beside it): every "
+        "process's CPU per share rises with it, and the ratio to the hello understates the service."
     )
     w = run.sizes.workers
     section.check(f"≥ 2,000 shares/s with {w} workers", max_rate >= 2000, f"{max_rate:.0f} shares/s")

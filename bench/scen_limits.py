@@ -14,7 +14,7 @@ import redis
 from bench.context import Run
 from bench.loadgen import single_connection_latency
 from bench.procs import start_hello
-from bench.stats import Section, speed_probe_ms, summary_ms
+from bench.stats import Section, core_speeds_ms, summary_ms
 from token_service.queue import keys
 from token_service.queue.scripts import _source
 
@@ -80,7 +80,7 @@ async def run_limits(run: Run, section: Section) -> None:
     run.figures["redis_lua_rps"] = lua["rps"]
 
     hello, hello_url = start_hello(run.workdir, run.sizes.workers)
-    run.figures["probe_ms"] = speed_probe_ms()  # the box's speed as the hello is measured
+    run.figures["probe_ms"] = core_speeds_ms()  # the cores' speed as the hello is measured
     try:
         seconds, conns = run.sizes.step_s, run.sizes.wrk_connections
         hello_wrk = wrk(hello_url + "/", conns, seconds, run)
@@ -99,10 +99,11 @@ async def run_limits(run: Run, section: Section) -> None:
                                  "p90_ms": fig.get("p90"), "p99_ms": fig.get("p99")})  # fmt: skip
         run.figures["hello_rps"] = hello_wrk["rps"]
         section.notes.append(
-            f"As the hello was measured, a fixed piece of Python work took {run.figures['probe_ms']} ms "
-            "(`speed_probe_ms`, best of 20): the box's speed then. Scenario 2 times it again before each step."
+            "As the hello was measured, a fixed piece of Python work took "
+            + " and ".join(f"{ms} ms" for ms in run.figures["probe_ms"])
+            + " on the box's cores (`core_speeds_ms`, best of 20 on each): their speed then. Scenario 2 "
+            "times it again around each step."
         )
-        run.figures["healthz_rps"] = health_wrk["rps"]
     for name, samples in ((f"single keep-alive connection: bare hello, uvicorn --workers {w}", hello_one),
                           (f"single keep-alive connection: service /healthz, opd-token serve --workers {w}",
                            svc_one)):  # fmt: skip

@@ -42,21 +42,35 @@ def _probe_work() -> int:
 
 
 def speed_probe_ms(rounds: int = 20) -> float:
-    """The box's speed now: a fixed piece of Python work in this process, best of `rounds`, in ms.
-
-    Every step of a run is judged against figures measured earlier in it (the hello's rate, the
-    ceiling), on a shared box whose speed may change between them: the same run's load generator, whose
-    work per request is fixed, was seen to use half as much CPU again per request in one run as in
-    another an hour before. The best of 20 rounds (about 25 ms) leaves pre-emption by the stack's
-    leftover work out; what is left is how fast a core runs small interpreted code. Its working set
-    fits a core's own caches: it does not see a neighbour crowding the shared cache or memory.
-    """
+    """How fast a core runs small interpreted code now: a fixed piece of Python work in this thread,
+    best of `rounds` (about 25 ms in all), in ms. The best round leaves pre-emption by other work out."""
     best = math.inf
     for _ in range(rounds):
         started = time.perf_counter()
         _probe_work()
         best = min(best, time.perf_counter() - started)
     return round(best * 1000, 3)
+
+
+def core_speeds_ms() -> list[float]:
+    """`speed_probe_ms` on each core this process may use, in core order.
+
+    Every step of a run is judged against figures measured earlier in it (the hello's rate, the
+    ceiling), on a shared box whose cores do not keep one speed. Here one of the two cores was seen
+    to run this work 1.8 times slower than the other for minutes, and then as fast again, with no
+    other process busy and no steal reported: the host ran something else beside it. The probe's
+    working set fits a core's own caches, so what it sees is the core's speed; a neighbour crowding a
+    shared cache or memory is not measured.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    speeds = []
+    try:
+        for cpu in allowed:
+            os.sched_setaffinity(0, {cpu})  # this thread only
+            speeds.append(speed_probe_ms())
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return speeds
 
 
 @dataclass
