@@ -17,7 +17,7 @@ from bench import checks, pgwaits
 from bench.context import Run
 from bench.loadgen import LoadResult, drive
 from bench.stack import BoxCpu
-from bench.stats import Section, core_speeds_ms, summary_ms
+from bench.stats import Section, summary_ms
 
 CLOSED_CONCURRENCY = 64
 
@@ -50,20 +50,17 @@ async def run_intake(run: Run, section: Section) -> None:
         nonlocal cursor, span
         started = time.time()
         ours = stack.stack_pids()
-        probe = core_speeds_ms()
         box0, cpu0 = BoxCpu.now(), sum(stack.cpu_seconds().values())
         r = await drive(
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
         cpu = sum(stack.cpu_seconds().values()) - cpu0
-        probe_after = core_speeds_ms()
         outside = BoxCpu.now().since(box0, ours, r.elapsed_s)
         busiest[0] = str(outside.pop("other_busiest"))
         step_cpu.update(outside)  # type: ignore[arg-type]
         step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / max(1, r.ok_count(202)), 2)
         step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
-        step_cpu["probe_ms"] = probe
-        step_cpu["probe_after_ms"] = probe_after
+        step_cpu["core_ms"] = stack.cores.window(started, time.time()) if stack.cores else []
         sent = [ids[cursor + i] for i in r.index]
         used.extend(sent)
         span = (started, time.time())
@@ -168,19 +165,15 @@ async def run_intake(run: Run, section: Section) -> None:
         "traffic), steal_pct the time the hypervisor gave to other machines, each as a share of the box's "
         "cores. Busiest processes outside the stack, by step: " + "; ".join(outside_notes) + "."
     )
-    probe = run.figures.get("probe_ms")
+    hello_cores = run.figures.get("core_ms")
     section.notes.append(
-        "probe_ms and probe_after_ms are how long a fixed piece of Python work took on each of the box's "
-        "cores just before and just after the step (best of 20 on each; `core_speeds_ms` in "
-        "bench/stats.py)"
-        + (
-            " against " + " and ".join(f"{ms} ms" for ms in probe) + " as scenario 1 measured the hello"
-            if probe
-            else ""
-        )
+        "core_ms is how long a fixed piece of Python work took, in CPU time, on each of the box's cores "
+        "during the step (medians of samples every 0.5 s; `bench/coreprobe.py`)"
+        + (", against " + " and ".join(f"{ms} ms" for ms in hello_cores) + " while the hello was measured"
+           if hello_cores else "")
         + ". A larger figure means that core ran slower (the host ran something beside it): every "
         "process's CPU per share rises with it, and the ratio to the hello understates the service."
-    )
+    )  # fmt: skip
     w = run.sizes.workers
     section.check(f"≥ 2,000 shares/s with {w} workers", max_rate >= 2000, f"{max_rate:.0f} shares/s")
     hello = run.figures.get("hello_rps")

@@ -14,7 +14,7 @@ import redis
 from bench.context import Run
 from bench.loadgen import single_connection_latency
 from bench.procs import start_hello
-from bench.stats import Section, core_speeds_ms, summary_ms
+from bench.stats import Section, summary_ms
 from token_service.queue import keys
 from token_service.queue.scripts import _source
 
@@ -80,10 +80,11 @@ async def run_limits(run: Run, section: Section) -> None:
     run.figures["redis_lua_rps"] = lua["rps"]
 
     hello, hello_url = start_hello(run.workdir, run.sizes.workers)
-    run.figures["probe_ms"] = core_speeds_ms()  # the cores' speed as the hello is measured
     try:
         seconds, conns = run.sizes.step_s, run.sizes.wrk_connections
+        hello_from = time.time()
         hello_wrk = wrk(hello_url + "/", conns, seconds, run)
+        core_ms = stack.cores.window(hello_from, time.time()) if stack.cores else []
         health_wrk = wrk(stack.service.url + "/healthz", conns, seconds, run)
         hello_one = await single_connection_latency(hello_url + "/", 2000 if not run.smoke else 30, 6.0)
     finally:
@@ -98,12 +99,14 @@ async def run_limits(run: Run, section: Section) -> None:
             section.rows.append({"what": name + f" ({conns} conns)", "per_s": fig["rps"], "p50_ms": fig.get("p50"),
                                  "p90_ms": fig.get("p90"), "p99_ms": fig.get("p99")})  # fmt: skip
         run.figures["hello_rps"] = hello_wrk["rps"]
-        section.notes.append(
-            "As the hello was measured, a fixed piece of Python work took "
-            + " and ".join(f"{ms} ms" for ms in run.figures["probe_ms"])
-            + " on the box's cores (`core_speeds_ms`, best of 20 on each): their speed then. Scenario 2 "
-            "times it again around each step."
-        )
+        if core_ms:
+            run.figures["core_ms"] = core_ms
+            section.notes.append(
+                "While wrk measured the hello, a fixed piece of Python work took "
+                + " and ".join(f"{ms} ms" for ms in core_ms)
+                + " of CPU time on the box's cores (medians; `bench/coreprobe.py` samples every core"
+                " through the run). Scenario 2 gives the same for each of its steps."
+            )
     for name, samples in ((f"single keep-alive connection: bare hello, uvicorn --workers {w}", hello_one),
                           (f"single keep-alive connection: service /healthz, opd-token serve --workers {w}",
                            svc_one)):  # fmt: skip

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from bench.coreprobe import CoreProbe
 from bench.loadgen import encode
 from bench.pgwaits import WaitSampler
 from bench.procs import (
@@ -76,6 +77,7 @@ class Stack:
     signer: SandboxState
     jwts: list[str] = field(default_factory=list)
     others: dict[str, Child] = field(default_factory=dict)  # redis, sandbox: for CPU accounting
+    cores: CoreProbe | None = None  # the cores' speed through the run
     _engine: Engine | None = field(default=None, init=False, repr=False)
 
     @property
@@ -94,10 +96,12 @@ class Stack:
 
     def stack_pids(self) -> set[int]:
         """Every process of the stack: the service (its supervisor too), Redis, the sandbox, PostgreSQL's
-        server processes and this process."""
+        server processes, this process and the core probe."""
         assert self.service.child is not None
         procs = [*self.service.child.tree(), *(p for c in self.others.values() for p in c.tree())]
         pids = {p.pid for p in procs} | {psutil.Process().pid}
+        if self.cores is not None:
+            pids |= {p.pid for p in self.cores.child.tree()}
         return pids | {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"}
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -222,9 +226,12 @@ def running_stack(workdir: Path, workers: int, database: str) -> Iterator[Stack]
         stack = Stack(
             workdir, redis_url, database_url, gateway_url, service, SandboxState.create(key), others=others
         )
+        stack.cores = CoreProbe.start(workdir)
         yield stack
     finally:
         if stack is not None:
+            if stack.cores is not None:
+                stack.cores.stop()
             stack.dispose()
         if service is not None:
             service.stop()

@@ -42,35 +42,15 @@ def _probe_work() -> int:
 
 
 def speed_probe_ms(rounds: int = 20) -> float:
-    """How fast a core runs small interpreted code now: a fixed piece of Python work in this thread,
-    best of `rounds` (about 25 ms in all), in ms. The best round leaves pre-emption by other work out."""
+    """How fast this thread's core runs small interpreted code now: a fixed piece of Python work, the
+    best of `rounds`, in ms of this thread's CPU time (time spent waiting for the core does not count;
+    see `bench/coreprobe.py`)."""
     best = math.inf
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = time.thread_time()
         _probe_work()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
     return round(best * 1000, 3)
-
-
-def core_speeds_ms() -> list[float]:
-    """`speed_probe_ms` on each core this process may use, in core order.
-
-    Every step of a run is judged against figures measured earlier in it (the hello's rate, the
-    ceiling), on a shared box whose cores do not keep one speed. Here one of the two cores was seen
-    to run this work 1.8 times slower than the other for minutes, and then as fast again, with no
-    other process busy and no steal reported: the host ran something else beside it. The probe's
-    working set fits a core's own caches, so what it sees is the core's speed; a neighbour crowding a
-    shared cache or memory is not measured.
-    """
-    allowed = sorted(os.sched_getaffinity(0))
-    speeds = []
-    try:
-        for cpu in allowed:
-            os.sched_setaffinity(0, {cpu})  # this thread only
-            speeds.append(speed_probe_ms())
-    finally:
-        os.sched_setaffinity(0, allowed)
-    return speeds
 
 
 @dataclass

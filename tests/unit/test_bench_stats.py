@@ -1,41 +1,65 @@
-"""The benchmark's speed probe: the best of its rounds, so one pre-empted round does not count."""
+"""The benchmark's core probe: a fixed piece of work timed in CPU time on each core through a run."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from bench import stats
+from bench.coreprobe import CoreProbe
+from bench.procs import Child
+
+
+def _spin(cpu_s: float) -> None:
+    started = time.thread_time()
+    while time.thread_time() - started < cpu_s:
+        pass
 
 
 def test_speed_probe_reports_the_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
-    durations = iter([0.040, 0.030, 0.002, 0.050])  # the third round ran undisturbed
+    durations = iter([0.040, 0.030, 0.002, 0.050])  # the third round ran on a fast core
 
     def work() -> int:
-        time.sleep(next(durations))
+        _spin(next(durations))
         return 0
 
     monkeypatch.setattr(stats, "_probe_work", work)
-    ms = stats.speed_probe_ms(rounds=4)
-    assert 2.0 <= ms < 25.0
+    assert 2.0 <= stats.speed_probe_ms(rounds=4) < 25.0
 
 
-def test_speed_probe_does_the_same_work_every_round() -> None:
-    assert stats._probe_work() == stats._probe_work() > 0
-    assert stats.speed_probe_ms(rounds=2) > 0
+def test_speed_probe_does_not_count_time_spent_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    def work() -> int:
+        time.sleep(0.030)  # pre-empted, or waiting for the core: not the core's speed
+        _spin(0.002)
+        return 0
+
+    monkeypatch.setattr(stats, "_probe_work", work)
+    assert stats.speed_probe_ms(rounds=2) < 20.0
 
 
-def test_core_speeds_probe_each_core_and_restore_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
-    allowed = os.sched_getaffinity(0)
-    seen: list[set[int]] = []
+def test_window_gives_each_cores_median_inside_the_stretch(tmp_path: Path) -> None:
+    out = tmp_path / "core-speeds.txt"
+    out.write_text("9.0 0 5.0\n10.0 0 1.0\n10.1 1 2.0\n10.5 0 3.0\n10.6 1 2.5\n11.0 1 4.0\n12.0 0 9.0\n")
+    probe = CoreProbe(Child("unused", ["true"], tmp_path / "log"), out)
+    assert probe.window(10.0, 12.0) == [2.0, 2.5]
+    assert probe.window(20.0, 30.0) == []
 
-    def probe() -> float:
-        seen.append(os.sched_getaffinity(0))
-        return 1.0
 
-    monkeypatch.setattr(stats, "speed_probe_ms", probe)
-    assert stats.core_speeds_ms() == [1.0] * len(allowed)
-    assert seen == [{cpu} for cpu in sorted(allowed)]
-    assert os.sched_getaffinity(0) == allowed
+def test_the_probe_samples_every_core_while_it_runs(tmp_path: Path) -> None:
+    probe = CoreProbe.start(tmp_path, every_s=0.1)
+    started = time.time()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(probe.window(started, time.time())) < len(
+            os.sched_getaffinity(0)
+        ):
+            time.sleep(0.1)
+        speeds = probe.window(started, time.time())
+    finally:
+        probe.stop()
+    assert len(speeds) == len(os.sched_getaffinity(0))
+    assert all(0 < ms < 1000 for ms in speeds)
+    assert probe.child.proc is not None and probe.child.proc.poll() is not None
