@@ -172,7 +172,7 @@ async def run_intake(run: Run, section: Section) -> None:
         "during the step (medians of samples every 0.5 s; `bench/coreprobe.py`)"
         + (", against " + " and ".join(f"{ms} ms" for ms in hello_cores) + " while the hello was measured"
            if hello_cores else "")
-        + ". A larger figure means that core ran slower (the host ran something beside it): every "
+        + ". A larger figure means that core ran slower: every "
         "process's CPU per share rises with it, and the ratio to the hello understates the service."
     )  # fmt: skip
     w = run.sizes.workers

@@ -99,6 +99,7 @@ async def run_limits(run: Run, section: Section) -> None:
             section.rows.append({"what": name + f" ({conns} conns)", "per_s": fig["rps"], "p50_ms": fig.get("p50"),
                                  "p90_ms": fig.get("p90"), "p99_ms": fig.get("p99")})  # fmt: skip
         run.figures["hello_rps"] = hello_wrk["rps"]
+        run.figures["healthz_rps"] = health_wrk["rps"]
         if core_ms:
             run.figures["core_ms"] = core_ms
             section.notes.append(
