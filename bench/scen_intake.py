@@ -45,21 +45,28 @@ async def run_intake(run: Run, section: Section) -> None:
     step_cpu: dict[str, float] = {}  # the last step's CPU, in all the stack's processes and outside it
     busiest = [""]  # the last step's busiest processes outside the stack
     outside_notes: list[str] = []
+    step_wakeups: dict[str, float] = {}  # the last step's wake-ups per share, by part of the stack
+    wakeup_notes: list[str] = []
 
     async def load(n: int, concurrency: int, duration_s: float, rate: float | None = None) -> LoadResult:
         nonlocal cursor, span
         started = time.time()
         ours = stack.stack_pids()
-        box0, cpu0 = BoxCpu.now(), sum(stack.cpu_seconds().values())
+        box0, cpu0, woke0 = BoxCpu.now(), sum(stack.cpu_seconds().values()), stack.wakeups()
         r = await drive(
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
         cpu = sum(stack.cpu_seconds().values()) - cpu0
+        woke = {k: n - woke0.get(k, 0) for k, n in stack.wakeups().items()}
         outside = BoxCpu.now().since(box0, ours, r.elapsed_s)
         busiest[0] = str(outside.pop("other_busiest"))
         step_cpu.update(outside)  # type: ignore[arg-type]
         step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / max(1, r.ok_count(202)), 2)
         step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
+        shares = max(1, r.ok_count(202))
+        step_cpu["wakeups_per_share"] = round(sum(woke.values()) / shares, 1)
+        step_wakeups.clear()
+        step_wakeups.update({k: n / shares for k, n in woke.items()})
         step_cpu["core_ms"] = stack.cores.window(started, time.time()) if stack.cores else []
         sent = [ids[cursor + i] for i in r.index]
         used.extend(sent)
@@ -88,6 +95,7 @@ async def run_intake(run: Run, section: Section) -> None:
     )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None) | step_cpu)
     closed_cores = list(step_cpu.get("core_ms") or [])
+    closed_wakeups = ", ".join(f"{k} {v:.1f}" for k, v in step_wakeups.items())
     shares = max(1, res.ok_count(202))
     calls = {
         k: (n - calls_before.get(k, 0)) / shares for k, n in calls_after.items() if n > calls_before.get(k, 0)
@@ -139,6 +147,9 @@ async def run_intake(run: Run, section: Section) -> None:
             r = await load(n, concurrency=conc, duration_s=step, rate=rate)
             row = _row(f"{int(frac * 100)} % of max", r, rate) | step_cpu
             outside_notes.append(f"{int(frac * 100)} %: {busiest[0]}")
+            wakeup_notes.append(
+                f"{int(frac * 100)} %: " + ", ".join(f"{k} {v:.1f}" for k, v in step_wakeups.items())
+            )
             if waits is not None:
                 row.update(waits.window(*span))
             section.rows.append(row)
@@ -165,6 +176,17 @@ async def run_intake(run: Run, section: Section) -> None:
         "services), kernel_threads_pct that of the kernel's threads (some of it the stack's own loopback "
         "traffic), steal_pct the time the hypervisor gave to other machines, each as a share of the box's "
         "cores. Busiest processes outside the stack, by step: " + "; ".join(outside_notes) + "."
+    )
+    section.notes.append(
+        "wakeups_per_share is how many times the stack's processes went to sleep and were woken again "
+        "during the step (voluntary context switches: waits for a socket, a timer, a lock or the disk), "
+        "per acknowledged share. Each costs the wake-up itself and the code after it, which runs on "
+        "caches the other processes have cooled (`python -m bench.wakeup` measures the first part on "
+        "the box). By part of the stack: closed loop: "
+        + closed_wakeups
+        + "; "
+        + "; ".join(wakeup_notes)
+        + "."
     )
     hello_cores = run.figures.get("core_ms")
     section.notes.append(

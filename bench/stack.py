@@ -104,15 +104,24 @@ class Stack:
             pids |= {p.pid for p in self.cores.child.tree()}
         return pids | {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"}
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds used so far by each part of the stack on this box (PostgreSQL: all
-        its server processes; the load generator: this process)."""
-        out = {"service workers": _cpu([psutil.Process(p) for p in self.service.worker_pids()])}
+    def _parts(self) -> dict[str, list[psutil.Process]]:
+        """The stack's processes by part (PostgreSQL: all its server processes; the load generator: this
+        process)."""
+        out = {"service workers": [psutil.Process(p) for p in self.service.worker_pids()]}
         for name, child in self.others.items():
-            out[name] = _cpu(child.tree())
-        out["PostgreSQL"] = _cpu([p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"])
-        out["load generator (this process)"] = _cpu([psutil.Process()])
+            out[name] = child.tree()
+        out["PostgreSQL"] = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+        out["load generator (this process)"] = [psutil.Process()]
         return out
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds used so far by each part of the stack on this box."""
+        return {name: _cpu(procs) for name, procs in self._parts().items()}
+
+    def wakeups(self) -> dict[str, int]:
+        """Times each part of the stack has gone to sleep so far (voluntary context switches: a wait for
+        a socket, a timer, a lock or the disk), each followed by a wake-up."""
+        return {name: _sleeps(procs) for name, procs in self._parts().items()}
 
     @property
     def settings(self) -> Settings:
@@ -191,6 +200,16 @@ class Stack:
         r.raise_for_status()
         rows: list[list[object]] = r.json()
         return rows
+
+
+def _sleeps(procs: list[psutil.Process]) -> int:
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.num_ctx_switches().voluntary
+        except psutil.Error:  # gone meanwhile
+            continue
+    return total
 
 
 def _cpu(procs: list[psutil.Process]) -> float:
