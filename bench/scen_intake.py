@@ -57,13 +57,13 @@ async def run_intake(run: Run, section: Section) -> None:
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
         cpu = sum(stack.cpu_seconds().values()) - cpu0
-        woke = {k: n - woke0.get(k, 0) for k, n in stack.wakeups().items()}
+        woke = {k: count - woke0.get(k, 0) for k, count in stack.wakeups().items()}
         outside = BoxCpu.now().since(box0, ours, r.elapsed_s)
         busiest[0] = str(outside.pop("other_busiest"))
         step_cpu.update(outside)  # type: ignore[arg-type]
-        step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / max(1, r.ok_count(202)), 2)
-        step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
         shares = max(1, r.ok_count(202))
+        step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / shares, 2)
+        step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
         step_cpu["wakeups_per_share"] = round(sum(woke.values()) / shares, 1)
         step_wakeups.clear()
         step_wakeups.update({k: n / shares for k, n in woke.items()})
@@ -179,7 +179,8 @@ async def run_intake(run: Run, section: Section) -> None:
     )
     section.notes.append(
         "wakeups_per_share is how many times the stack's processes went to sleep and were woken again "
-        "during the step (voluntary context switches: waits for a socket, a timer, a lock or the disk), "
+        "during the step (their main threads' voluntary context switches: waits for a socket, a timer, a "
+        "lock or the disk), "
         "per acknowledged share. Each costs the wake-up itself and the code after it, which runs on "
         "caches the other processes have cooled (`python -m bench.wakeup` measures the first part on "
         "the box). By part of the stack: closed loop: "

@@ -119,8 +119,9 @@ class Stack:
         return {name: _cpu(procs) for name, procs in self._parts().items()}
 
     def wakeups(self) -> dict[str, int]:
-        """Times each part of the stack has gone to sleep so far (voluntary context switches: a wait for
-        a socket, a timer, a lock or the disk), each followed by a wake-up."""
+        """Times each part of the stack has gone to sleep so far, each followed by a wake-up: the
+        voluntary context switches (a wait for a socket, a timer, a lock or the disk) of each process's
+        main thread, where the stack's work runs (psutil reads them from /proc/PID/status)."""
         return {name: _sleeps(procs) for name, procs in self._parts().items()}
 
     @property
