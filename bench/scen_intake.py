@@ -45,7 +45,7 @@ async def run_intake(run: Run, section: Section) -> None:
     step_cpu: dict[str, float] = {}  # the last step's CPU, in all the stack's processes and outside it
     busiest = [""]  # the last step's busiest processes outside the stack
     outside_notes: list[str] = []
-    step_wakeups: dict[str, float] = {}  # the last step's wake-ups per share, by part of the stack
+    wakeups_by_part = [""]  # the last step's wake-ups per share, by part of the stack
     wakeup_notes: list[str] = []
 
     async def load(n: int, concurrency: int, duration_s: float, rate: float | None = None) -> LoadResult:
@@ -65,8 +65,7 @@ async def run_intake(run: Run, section: Section) -> None:
         step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / shares, 2)
         step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
         step_cpu["wakeups_per_share"] = round(sum(woke.values()) / shares, 1)
-        step_wakeups.clear()
-        step_wakeups.update({k: n / shares for k, n in woke.items()})
+        wakeups_by_part[0] = ", ".join(f"{k} {count / shares:.1f}" for k, count in woke.items())
         step_cpu["core_ms"] = stack.cores.window(started, time.time()) if stack.cores else []
         sent = [ids[cursor + i] for i in r.index]
         used.extend(sent)
@@ -95,7 +94,7 @@ async def run_intake(run: Run, section: Section) -> None:
     )
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None) | step_cpu)
     closed_cores = list(step_cpu.get("core_ms") or [])
-    closed_wakeups = ", ".join(f"{k} {v:.1f}" for k, v in step_wakeups.items())
+    wakeup_notes.append(f"closed loop: {wakeups_by_part[0]}")
     shares = max(1, res.ok_count(202))
     calls = {
         k: (n - calls_before.get(k, 0)) / shares for k, n in calls_after.items() if n > calls_before.get(k, 0)
@@ -147,9 +146,7 @@ async def run_intake(run: Run, section: Section) -> None:
             r = await load(n, concurrency=conc, duration_s=step, rate=rate)
             row = _row(f"{int(frac * 100)} % of max", r, rate) | step_cpu
             outside_notes.append(f"{int(frac * 100)} %: {busiest[0]}")
-            wakeup_notes.append(
-                f"{int(frac * 100)} %: " + ", ".join(f"{k} {v:.1f}" for k, v in step_wakeups.items())
-            )
+            wakeup_notes.append(f"{int(frac * 100)} %: {wakeups_by_part[0]}")
             if waits is not None:
                 row.update(waits.window(*span))
             section.rows.append(row)
@@ -183,11 +180,7 @@ async def run_intake(run: Run, section: Section) -> None:
         "lock or the disk), "
         "per acknowledged share. Each costs the wake-up itself and the code after it, which runs on "
         "caches the other processes have cooled (`python -m bench.wakeup` measures the first part on "
-        "the box). By part of the stack: closed loop: "
-        + closed_wakeups
-        + "; "
-        + "; ".join(wakeup_notes)
-        + "."
+        "the box). By part of the stack: " + "; ".join(wakeup_notes) + "."
     )
     hello_cores = run.figures.get("core_ms")
     section.notes.append(

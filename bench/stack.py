@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,13 +116,13 @@ class Stack:
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU seconds used so far by each part of the stack on this box."""
-        return {name: _cpu(procs) for name, procs in self._parts().items()}
+        return {name: _total(procs, _cpu_seconds) for name, procs in self._parts().items()}
 
-    def wakeups(self) -> dict[str, int]:
+    def wakeups(self) -> dict[str, float]:
         """Times each part of the stack has gone to sleep so far, each followed by a wake-up: the
         voluntary context switches (a wait for a socket, a timer, a lock or the disk) of each process's
         main thread, where the stack's work runs (psutil reads them from /proc/PID/status)."""
-        return {name: _sleeps(procs) for name, procs in self._parts().items()}
+        return {name: _total(procs, _sleeps) for name, procs in self._parts().items()}
 
     @property
     def settings(self) -> Settings:
@@ -203,25 +203,24 @@ class Stack:
         return rows
 
 
-def _sleeps(procs: list[psutil.Process]) -> int:
-    total = 0
-    for proc in procs:
-        try:
-            total += proc.num_ctx_switches().voluntary
-        except psutil.Error:  # gone meanwhile
-            continue
-    return total
-
-
-def _cpu(procs: list[psutil.Process]) -> float:
+def _total(procs: list[psutil.Process], read: Callable[[psutil.Process], float]) -> float:
+    """`read` summed over `procs`, skipping those gone meanwhile (a PostgreSQL backend that ended)."""
     total = 0.0
     for proc in procs:
         try:
-            t = proc.cpu_times()
-        except psutil.Error:  # gone meanwhile (a PostgreSQL backend that ended)
+            total += read(proc)
+        except psutil.Error:
             continue
-        total += t.user + t.system
     return total
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def _sleeps(proc: psutil.Process) -> float:
+    return float(proc.num_ctx_switches().voluntary)
 
 
 @contextmanager

@@ -8,7 +8,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,25 +31,6 @@ def summary_ms(samples_s: list[float]) -> dict[str, float]:
         "p99": round(percentile(ms, 99), 3),
         "max": round(max(ms), 3) if ms else math.nan,
     }
-
-
-def _probe_work() -> int:
-    # Interpreted Python of the kind the stack runs: dicts, strings, small integers, a sort.
-    rows = [{"n": i, "label": f"A{i:04d}", "day": "2026-01-01"} for i in range(3000)]
-    rows.sort(key=lambda r: r["label"], reverse=True)
-    return sum(len(r["label"]) + r["n"] % 7 for r in rows)
-
-
-def speed_probe_ms(rounds: int = 20) -> float:
-    """How fast this thread's core runs small interpreted code now: a fixed piece of Python work, the
-    best of `rounds`, in ms of this thread's CPU time (time spent waiting for the core does not count;
-    see `bench/coreprobe.py`)."""
-    best = math.inf
-    for _ in range(rounds):
-        started = time.thread_time()
-        _probe_work()
-        best = min(best, time.thread_time() - started)
-    return round(best * 1000, 3)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import stats
+from bench import coreprobe
 from bench.coreprobe import CoreProbe
 from bench.procs import Child
 
@@ -26,8 +26,8 @@ def test_speed_probe_reports_the_fastest_round(monkeypatch: pytest.MonkeyPatch) 
         _spin(next(durations))
         return 0
 
-    monkeypatch.setattr(stats, "_probe_work", work)
-    assert 2.0 <= stats.speed_probe_ms(rounds=4) < 25.0
+    monkeypatch.setattr(coreprobe, "_probe_work", work)
+    assert 2.0 <= coreprobe.speed_probe_ms(rounds=4) < 25.0
 
 
 def test_speed_probe_does_not_count_time_spent_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,8 +36,8 @@ def test_speed_probe_does_not_count_time_spent_waiting(monkeypatch: pytest.Monke
         _spin(0.002)
         return 0
 
-    monkeypatch.setattr(stats, "_probe_work", work)
-    assert stats.speed_probe_ms(rounds=2) < 20.0
+    monkeypatch.setattr(coreprobe, "_probe_work", work)
+    assert coreprobe.speed_probe_ms(rounds=2) < 20.0
 
 
 def test_window_gives_each_cores_median_inside_the_stretch(tmp_path: Path) -> None:
