@@ -117,6 +117,12 @@ async def index(request: Request) -> Response:
     return RedirectResponse(_home_for(request, principal), status_code=303)
 
 
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    # Browsers ask for /favicon.ico on their own (the API pages, a bookmark); the pages link the icon.
+    return RedirectResponse("/static/icon.svg", status_code=308)
+
+
 @router.get("/lang/{code}")
 async def switch_language(request: Request, code: str) -> Response:
     target = _safe_next(request.query_params.get("next"), "/")

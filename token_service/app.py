@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -201,7 +202,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             if state.embedded:
                 state.embedded.stop()
 
-    app = FastAPI(
+    # The API pages (/docs, /redoc) load Swagger UI and ReDoc from files the package ships, not from a
+    # CDN: a hospital's network often has no internet, and the pages would be blank there.
+    app = FastAPIOffline(
         title="OPD token service",
         version="0.1.0",
         summary="ABDM Scan & Share OPD tokens: intake, queue, board and print",

@@ -337,3 +337,33 @@ def test_board_clock_shows_the_facility_time_on_a_utc_pc(browser: Any, service: 
     now = datetime.now(ZoneInfo("Asia/Kolkata"))
     expected = {(now + timedelta(minutes=m)).strftime("%I:%M %p").lower() for m in (-1, 0, 1)}
     assert shown in expected, (shown, expected)
+
+
+def test_api_pages_work_without_internet_and_pages_have_an_icon(browser: Any, service: ServiceProc) -> None:
+    # A hospital's network often reaches no CDN: every request off this server is refused here, and the
+    # API pages must still draw their operations from the files the service ships.
+    page = new_page(browser)
+    outside: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(service.url):
+            route.continue_()
+        else:
+            if route.request.resource_type != "image":  # ReDoc's footer links its maker's logo
+                outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(f"{service.url}/docs")
+    page.get_by_text("ABDM v3 profile share").first.wait_for(timeout=10_000)
+    page.goto(f"{service.url}/redoc")  # drawn by its script: the operation is in its menu
+    page.get_by_text("ABDM v3 profile share").first.wait_for(state="attached", timeout=10_000)
+    assert outside == []
+
+    page.goto(f"{service.url}/login")
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    assert icon is not None
+    for path in (icon, "/favicon.ico"):
+        r = page.request.get(f"{service.url}{path}")
+        assert r.status == 200 and r.headers["content-type"].startswith("image/svg+xml"), path
+        assert r.body().startswith(b"<svg")

@@ -14,6 +14,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -271,7 +272,7 @@ class OnShareReceiver:
 
 
 def create_sandbox_app(state: SandboxState) -> FastAPI:
-    app = FastAPI(title="ABDM gateway sandbox", version="1")
+    app = FastAPIOffline(title="ABDM gateway sandbox", version="1")  # its /docs works offline too
     app.state.sandbox = state
     app.add_middleware(OnShareReceiver, state=state)
 
