@@ -33,6 +33,13 @@ def default_language(cfg: FacilityConfig, requested: str | None) -> str:
     return next((lang for lang in cfg.facility.languages or [] if lang in LANGS), "en")
 
 
+def kiosk_languages(cfg: FacilityConfig, lang: str) -> list[str]:
+    """The language buttons: the facility's languages in its order (a hospital in Patna offers no
+    Gujarati), or all when it names none; the page's own language always among them."""
+    chosen = [code for code in dict.fromkeys(cfg.facility.languages or []) if code in LANGS] or list(LANGS)
+    return chosen if lang in chosen else [*chosen, lang]
+
+
 def page_data(cfg: FacilityConfig, lang: str) -> dict[str, Any]:
     facility = cfg.facility
     counters = [
@@ -70,6 +77,7 @@ async def kiosk_page(request: Request, hip_id: str) -> Response:
         "counters": data["counters"],
         "page_data": _json_for_html(data),
         "lang_names": LANG_NAMES,
+        "kiosk_langs": kiosk_languages(cfg, lang),
     }
     return render(request, "kiosk.html", ctx, lang=lang)
 

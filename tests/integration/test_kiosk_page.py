@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -41,9 +42,12 @@ async def test_kiosk_page_lists_open_departments_in_each_language(tmp_path: Path
             and "script-src 'self'" in r.headers["content-security-policy"]
         )
         assert "<script>" not in r.text  # data only, no inline code
+        # The language buttons are the facility's (Hindi, English), in its order: no Gujarati in Patna.
+        assert re.findall(r'class="kiosk-lang[^"]*" data-lang="(\w+)"', r.text) == ["hi", "en"]
         client.cookies.set("opd_lang", "en")
         r = await client.get(f"/kiosk/{HIP}?lang=gu")
         assert '<html lang="gu">' in r.text and "તમારો વિભાગ સ્પર્શ કરો" in r.text
+        assert re.findall(r'class="kiosk-lang[^"]*" data-lang="(\w+)"', r.text) == ["hi", "en", "gu"]
         data = json.loads(r.text.split('id="page-data">', 1)[1].split("</script>", 1)[0])
         assert [c["code"] for c in data["counters"]] == ["OPD1", "OPD2", "ORTHO"]
         assert data["counters"][0]["names"] == {
@@ -95,7 +99,7 @@ def slip_qr(data: bytes) -> str:
 @pytest.fixture
 def kiosk_site(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServiceProc, Seed, CapturePrinter]]:
     settings = make_settings(tmp_path / "data", redis_url)
-    s = seed(settings)
+    s = seed(settings, languages=("hi", "gu", "en"))  # the kiosk offers all three
     service = ServiceProc(settings).start()
     printer = CapturePrinter()
     log = open(tmp_path / "agent.log", "wb")  # closed in the finally below
@@ -202,8 +206,8 @@ def test_kiosk_tap_prints_a_slip_whose_qr_is_the_status_url(
         expect(number).to_have_text("B1")
         printer.wait(3)
         assert errors == []
-        # Only the wrong device token's 401 (and a browser's own favicon probe) may fail.
-        assert [f for f in failed if "favicon" not in f] == [
+        # Only the wrong device token's 401 may fail (the page's icon is found, too).
+        assert failed == [
             f"401 {service.url}/api/facilities/{HIP}/counters/OPD2/tokens"
         ]
         browser.close()

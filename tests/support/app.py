@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +85,7 @@ class Seed:
 
 
 def seed(settings: Settings, *, timezone: str = "Asia/Kolkata", validity_seconds: int | None = None,
+         languages: Sequence[str] = ("hi", "en"),
          devices: Iterable[tuple[str, str]] = (("board1", "board"), ("kiosk1", "kiosk"), ("printer1", "printer"))) -> Seed:  # fmt: skip
     """Create a facility with three counters, three desks, users admin/clerk/ortho and devices."""
     migrate(settings)
@@ -92,7 +93,7 @@ def seed(settings: Settings, *, timezone: str = "Asia/Kolkata", validity_seconds
     with Session(sync_engine(settings)) as db:
         db.add(Facility(hip_id=HIP, name="District Hospital Patna",
                         names={"en": "District Hospital Patna", "hi": "जिला अस्पताल पटना"},
-                        timezone=timezone, languages=["hi", "en"], validity_seconds=validity_seconds))  # fmt: skip
+                        timezone=timezone, languages=list(languages), validity_seconds=validity_seconds))  # fmt: skip
         db.flush()
         for code, prefix, name, hi in (("OPD1", "A", "General OPD", "सामान्य ओपीडी"), ("OPD2", "B", "Medicine", "मेडिसिन"),
                                        ("ORTHO", "C", "Orthopaedics", "हड्डी रोग")):  # fmt: skip
