@@ -52,14 +52,7 @@ def admin_page(browser: Any, base: str, lang: str = "en") -> tuple[Any, Any, lis
         lambda m: problems.append(m.text) if m.type == "error" and "Failed to load" not in m.text else None,
     )
     page.on("pageerror", lambda e: problems.append(str(e)))
-    page.on(
-        "response",
-        lambda r: (
-            problems.append(f"{r.status} {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico")
-            else None
-        ),
-    )
+    page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(base + "/admin")
     assert "/login" in page.url
     log_in(page, "admin")
