@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from token_service.auth import DEVICE_KINDS, ROLES, hash_password, new_device_token
 from token_service.config import Settings
-from token_service.listen import REUSEPORT, WorkerListeners, listener
+from token_service.listen import REUSEPORT, WorkerListeners, listener, raise_open_files
 from token_service.models import Counter, Desk, Device, Facility, User
 
 app = typer.Typer(
@@ -271,6 +271,9 @@ def serve(
     run_service(host, port, workers)
 
 
+FEW_OPEN_FILES = 4096  # a worker holds an open file per board and status page; fewer is worth a warning
+
+
 def run_service(host: str, port: int, workers: int, on_ready: str | None = None) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -301,6 +304,14 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
         http="token_service.security:BoundedHttpToolsProtocol",
     )  # fmt: skip
     typer.echo(f"OPD token service on http://{host}:{port}  (docs: /docs, health: /readyz)")
+    _, open_files = raise_open_files()
+    if 0 <= open_files < FEW_OPEN_FILES:
+        typer.echo(
+            f"warning: {open_files} open files per process: each worker holds at most about that many "
+            "boards, status pages and requests at once. Raise the hard limit (systemd: LimitNOFILE=65536; "
+            "docker: --ulimit nofile=65536).",
+            err=True,
+        )
     try:
         if isinstance(ports, WorkerListeners):
             Multiprocess(config, sockets=[ports.member]).run()  # type: ignore[list-item]

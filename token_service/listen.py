@@ -1,5 +1,6 @@
-"""The service's listening sockets: TCP_NODELAY on every connection, and with several workers a socket of
-each worker's own, so that the kernel spreads connections evenly between them.
+"""The service's listening sockets: TCP_NODELAY on every connection, with several workers a socket of
+each worker's own, so that the kernel spreads connections evenly between them, and room for thousands of
+open connections per worker.
 
 Two faults of the usual setup are mended here.
 
@@ -11,6 +12,10 @@ Two faults of the usual setup are mended here.
   memory and is written to on every event, so the busier worker sets the latency everybody sees.
   With ``SO_REUSEPORT`` each worker listens on a socket of its own in one group, and the kernel hands
   each connection to one of them by a hash of its addresses.
+- Every board and patient status page holds a connection open, and each is a file descriptor. A service
+  started by systemd gets a soft limit of 1,024 open files (its hard limit is far higher): a worker then
+  stops accepting at about a thousand connections, and a big OPD's waiting patients and boards exceed
+  that. Python does not lift the soft limit by itself; ``raise_open_files`` does, and workers inherit it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ import socket
 import sys
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # not POSIX: nothing to raise
+    resource = None  # type: ignore[assignment]
+
 BACKLOG = 2048
+OPEN_FILES_WANTED = 1 << 20  # the target when the hard limit is unlimited
 REUSEPORT = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")  # load-balancing only there
 
 
@@ -92,3 +103,21 @@ class _Member:
 
     def __reduce__(self) -> tuple[Any, tuple[str, int]]:
         return _group_member, (self.host, self.port)
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Lift this process's soft limit on open files to its hard limit (children inherit it).
+
+    Returns (before, now). Where the limit cannot be raised it stays as it was.
+    """
+    if resource is None:
+        return -1, -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # macOS refuses more than its own per-process maximum
+        return soft, soft
+    return soft, target

@@ -72,6 +72,8 @@ def test_compose_config_resolves_with_the_example_env() -> None:
         and "@postgres:5432/opd" in env["OPD_DATABASE_URL"]
     )
     assert env["OPD_SECRET_KEY"]
+    nofile = service["ulimits"]["nofile"]  # room for thousands of boards and status pages
+    assert (nofile if isinstance(nofile, int) else nofile["soft"]) >= 65536
     agent = services["print-agent"]
     assert agent["profiles"] == ["printer"]
     assert agent["command"][0] == "opd-print-agent" and "OPD_DEVICE_TOKEN" in agent["environment"]

@@ -4,6 +4,7 @@ group, so connections are spread by the kernel instead of going to whichever wor
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -105,3 +106,36 @@ def test_a_second_service_cannot_take_the_port(tmp_path: Path, redis_url: str) -
         assert f"cannot listen on 127.0.0.1:{first.port}" in done.stderr
     finally:
         first.stop()
+
+
+def test_a_worker_holds_more_connections_than_the_soft_open_file_limit_it_was_started_with(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # systemd starts a service with a soft limit of 1,024 open files; every board and status page holds
+    # one. The service lifts the soft limit to the hard one, and its workers inherit it.
+    soft, hard = 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= 1024
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    service = ServiceProc(make_settings(tmp_path, redis_url), workers=2, preexec=low_soft_limit).start()
+    clients: list[socket.socket] = []
+    try:
+        workers = _workers(service)
+        assert len(workers) == 2
+        assert all(w.rlimit(psutil.RLIMIT_NOFILE)[0] > soft for w in workers)
+        for _ in range(800):  # 400 a worker: more than the limit it was started with
+            clients.append(socket.create_connection(("127.0.0.1", service.port)))
+        wait_for(
+            lambda: sum(_held(w, service.port, psutil.CONN_ESTABLISHED) for w in workers) == 800,
+            30,
+            "800 accepted",
+        )
+        for c in clients[-20:]:  # the last ones in are served like the first
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: opd\r\n\r\n")
+            assert c.recv(64).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for c in clients:
+            c.close()
+        service.stop()

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +144,7 @@ class ServiceProc:
     workers: int = 1
     port: int = field(default_factory=free_port)
     env_extra: dict[str, str] = field(default_factory=dict)
+    preexec: Callable[[], None] | None = None  # run in the child before it starts (limits, say)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -169,6 +170,7 @@ class ServiceProc:
                 [sys.executable, "-m", "token_service.cli", "serve", "--port", str(self.port),
                  "--workers", str(self.workers)],
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=self.preexec,
             )  # fmt: skip
         wait_port(self.port, timeout)
         deadline = time.monotonic() + timeout
