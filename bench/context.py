@@ -34,7 +34,8 @@ class Sizes:
     @classmethod
     def full(cls, workers: int, soak_s: float) -> Sizes:
         return cls(workers=workers, step_s=8.0, redis_requests=200_000, wrk_connections=64, scan_rate=500.0,
-                   sse_clients=5000, sse_calls=20, sse_ramp=(5000, 10_000, 15_000), alloc_clients=50,
+                   sse_clients=5000, sse_calls=20,
+                   sse_ramp=(5000, 10_000, 15_000, 20_000, 25_000, 30_000, 35_000, 40_000), alloc_clients=50,
                    alloc_s=8.0, render_iterations=50, memory_tokens=100_000, soak_s=soak_s,
                    soak_share_rate=50.0, soak_sse_clients=500, profile_s=8.0)  # fmt: skip
 

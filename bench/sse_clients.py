@@ -14,6 +14,7 @@ import orjson
 import uvloop
 
 from bench.loadgen import settle_gc
+from token_service.listen import raise_open_files
 
 READY_TIMEOUT_S = 120.0
 
@@ -23,7 +24,9 @@ class Client:
         self.path = path
         self.ready = asyncio.Event()
         self.calls: list[tuple[str, float]] = []  # board: (label, arrival)
-        self.updates: list[float] = []  # status page: arrival of each status event
+        # Status page: the token's place in line before the calls, and (place, arrival) of each update.
+        self.start_position: int | None = None
+        self.updates: list[tuple[int, float]] = []
         self.failed = False
         self.dropped = False
         self.reason = ""
@@ -86,15 +89,19 @@ class Follower(asyncio.Protocol):
                 event = line[7:]
             elif line.startswith(b"data: "):
                 data = line[6:]
-        if event in (b"snapshot", b"status") and not client.ready.is_set():
-            client.ready.set()
-            return
+        # A status page's place in line (-1 once its token is called: past the front).
+        place = orjson.loads(data).get("position") if event == b"status" else None
+        position = -1 if place is None else int(place)
         if not self.recording.is_set():
+            if event == b"status":
+                client.start_position = position
+            if event in (b"snapshot", b"status"):
+                client.ready.set()
             return
         if event == b"call":
             client.calls.append((str(orjson.loads(data)["label"]), now))
         elif event == b"status":
-            client.updates.append(now)
+            client.updates.append((position, now))
 
     def _fail(self, reason: str, dropped: bool = False) -> None:
         if self.client.failed or self.client.dropped:
@@ -117,15 +124,19 @@ class Follower(asyncio.Protocol):
 
 async def follow(
     host: str, port: int, client: Client, gate: asyncio.Semaphore, recording: asyncio.Event,
-    stopping: asyncio.Event,
+    stopping: asyncio.Event, source: str | None = None,
 ) -> None:  # fmt: skip
     request = f"GET {client.path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
     loop = asyncio.get_running_loop()
     try:
         async with gate:
             transport, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: Follower(client, request, recording, stopping), host, port), 30
-            )
+                loop.create_connection(
+                    lambda: Follower(client, request, recording, stopping), host, port,
+                    local_addr=(source, 0) if source else None,
+                ),
+                30,
+            )  # fmt: skip
             await asyncio.wait_for(client.ready.wait(), 60)
     except (OSError, TimeoutError) as exc:
         client.failed = True
@@ -145,13 +156,17 @@ async def main() -> None:
     parser.add_argument("--boards", type=int, default=0)
     parser.add_argument("--status", default="", help="comma-separated public ids, one client each")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--source", help="local address to connect from (its own ~28,000 ports)")
     ns = parser.parse_args()
+    raise_open_files()  # a socket per client
     parts = urlsplit(ns.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     clients = [Client(f"/api/facilities/{ns.hip}/board/events") for _ in range(ns.boards)]
     clients += [Client(f"/api/status/{pid}/events") for pid in ns.status.split(",") if pid]
     gate, recording, stopping = asyncio.Semaphore(200), asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.create_task(follow(host, port, c, gate, recording, stopping)) for c in clients]
+    tasks = [
+        asyncio.create_task(follow(host, port, c, gate, recording, stopping, ns.source)) for c in clients
+    ]
     started = time.perf_counter()
     try:
         await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), READY_TIMEOUT_S)
@@ -170,7 +185,7 @@ async def main() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     out = {
         "boards": [c.calls for c in clients if c.path.endswith("/board/events") and not c.failed],
-        "status": [c.updates for c in clients if "/status/" in c.path and not c.failed],
+        "status": [(c.start_position, c.updates) for c in clients if "/status/" in c.path and not c.failed],
         "failed": sum(1 for c in clients if c.failed),
         "dropped": sum(1 for c in clients if c.dropped),
         "reasons": dict(Counter(c.reason for c in clients if c.reason)),
