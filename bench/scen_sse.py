@@ -163,9 +163,8 @@ async def clients_round(stack: Stack, run: Run, headers: dict[str, str], n: int,
             "connect_s": round(fleet.connect_s, 1), "calls": len(sent), "board_events": len(board_lat),
             "board_missing": expected - len(board_lat), "board_p50_ms": b["p50"], "board_p90_ms": b["p90"],
             "board_p99_ms": b["p99"], "status_events": len(status_lat), "status_missing": status_missing,
-            "status_p50_ms": s["p50"],
-            "status_p99_ms": s["p99"], "worker_rss_mb": max(rss, default=None), "dropped": dropped,
-            "failures": fleet.reasons or None}  # fmt: skip
+            "status_p50_ms": s["p50"], "status_p99_ms": s["p99"], "worker_rss_mb": max(rss, default=None),
+            "dropped": dropped, "failures": fleet.reasons or None}  # fmt: skip
 
 
 async def run_sse(run: Run, section: Section) -> None:

@@ -304,7 +304,7 @@ def run_service(host: str, port: int, workers: int, on_ready: str | None = None)
         http="token_service.security:BoundedHttpToolsProtocol",
     )  # fmt: skip
     typer.echo(f"OPD token service on http://{host}:{port}  (docs: /docs, health: /readyz)")
-    _, open_files = raise_open_files()
+    open_files = raise_open_files()
     if 0 <= open_files < FEW_OPEN_FILES:
         typer.echo(
             f"warning: {open_files} open files per process: each worker holds at most about that many "

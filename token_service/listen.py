@@ -105,19 +105,17 @@ class _Member:
         return _group_member, (self.host, self.port)
 
 
-def raise_open_files() -> tuple[int, int]:
-    """Lift this process's soft limit on open files to its hard limit (children inherit it).
-
-    Returns (before, now). Where the limit cannot be raised it stays as it was.
-    """
+def raise_open_files() -> int:
+    """Lift this process's soft limit on open files to its hard limit (children inherit it); the limit
+    now in effect (-1: unlimited, or not a POSIX system). Where it cannot be raised it stays as it was."""
     if resource is None:
-        return -1, -1
+        return -1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
     if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft, soft
+        return soft
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError):  # macOS refuses more than its own per-process maximum
-        return soft, soft
-    return soft, target
+        return soft
+    return target

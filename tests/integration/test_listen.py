@@ -62,6 +62,12 @@ def test_a_killed_worker_stops_taking_connections_and_its_replacement_listens(
 ) -> None:
     service = ServiceProc(make_settings(tmp_path, redis_url), workers=2).start()
     try:
+        # The service answers once one worker is up; the other may still be starting, not yet listening.
+        wait_for(
+            lambda: [_held(w, service.port, psutil.CONN_LISTEN) for w in _workers(service)] == [1, 1],
+            20,
+            "both listening",
+        )
         victim = _workers(service)[0]
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
