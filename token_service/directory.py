@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from token_service.errors import NotFound
 from token_service.models import Counter, Desk, Facility
 from token_service.queue.service import FacilityRules
+from token_service.tasks import SingleFlight
 
 # Admin edits reach every worker within this many seconds; the hot path never waits on SQL for config.
 CACHE_TTL_S = 3.0
@@ -52,7 +52,7 @@ class Directory:
     default_validity_s: int
     _cache: dict[str, tuple[float, FacilityConfig]] = field(default_factory=dict)
     _hips: tuple[float, list[str]] = (0.0, [])
-    _loading: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _loading: SingleFlight[FacilityConfig] = field(default_factory=SingleFlight)
     _epoch: int = 0  # bumped by invalidate(): a load that started before it must not be cached
 
     def invalidate(self, hip_id: str | None = None) -> None:
@@ -79,13 +79,7 @@ class Directory:
             return hit[1]
         # One load per facility at a time: when the entry expires under a thousand open status pages,
         # they share one SQL read instead of each starting its own.
-        if len(self._loading) > 10_000:  # unknown ids asked for by anyone: keep the map bounded
-            self._loading.clear()
-        async with self._loading.setdefault(hip_id, asyncio.Lock()):
-            hit = self._cache.get(hip_id)
-            if hit and time.monotonic() - hit[0] < CACHE_TTL_S:
-                return hit[1]
-            return await self._load(hip_id)
+        return await self._loading.run(hip_id, lambda: self._load(hip_id))
 
     async def _load(self, hip_id: str) -> FacilityConfig:
         epoch = self._epoch

@@ -44,6 +44,7 @@ from token_service.queue.service import Token
 from token_service.queue.status import Status
 from token_service.records import tokens as token_sql
 from token_service.state import AppState
+from token_service.tasks import SingleFlight
 
 router = APIRouter(tags=["board"])
 HipId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -237,7 +238,7 @@ class StatusLookup:
         self.ids: dict[str, str] = {}
         self.misses: dict[str, float] = {}
         self.intervals: dict[tuple[str, str], tuple[float, float | None]] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._reading: SingleFlight[float | None] = SingleFlight()
 
     async def token_id(self, public_id: str) -> str:
         hit = self.ids.get(public_id)
@@ -277,23 +278,23 @@ class StatusLookup:
         hit = self.intervals.get(key)
         if hit and time.monotonic() - hit[0] < INTERVAL_TTL_S:
             return hit[1]
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            hit = self.intervals.get(key)
-            if hit and time.monotonic() - hit[0] < INTERVAL_TTL_S:
-                return hit[1]
-            day, _ = local_day(self.state.clock.now_ms(), tz)
-            q = (
-                select(TokenRecord.called_at)  # type: ignore[call-overload]
-                .where(TokenRecord.hip_id == hip_id, TokenRecord.counter == counter,
-                       TokenRecord.local_date == day, TokenRecord.called_at.isnot(None))  # type: ignore[union-attr]
-                .order_by(TokenRecord.called_at.desc())  # type: ignore[union-attr]
-                .limit(GAPS_USED + 1)
-            )  # fmt: skip
-            async with self.state.engine.connect() as conn:
-                times = [to_ms(r[0]) / 1000 for r in (await conn.execute(q)).all()]
-            value = median_gap(times)
-            self.intervals[key] = (time.monotonic(), value)
-            return value
+        # Every open status page of the counter asks when the entry expires: they share one read.
+        return await self._reading.run(key, lambda: self._read_interval(hip_id, counter, tz))
+
+    async def _read_interval(self, hip_id: str, counter: str, tz: str) -> float | None:
+        day, _ = local_day(self.state.clock.now_ms(), tz)
+        q = (
+            select(TokenRecord.called_at)  # type: ignore[call-overload]
+            .where(TokenRecord.hip_id == hip_id, TokenRecord.counter == counter,
+                   TokenRecord.local_date == day, TokenRecord.called_at.isnot(None))  # type: ignore[union-attr]
+            .order_by(TokenRecord.called_at.desc())  # type: ignore[union-attr]
+            .limit(GAPS_USED + 1)
+        )  # fmt: skip
+        async with self.state.engine.connect() as conn:
+            times = [to_ms(r[0]) / 1000 for r in (await conn.execute(q)).all()]
+        value = median_gap(times)
+        self.intervals[(hip_id, counter)] = (time.monotonic(), value)
+        return value
 
 
 def median_gap(call_times_s: list[float]) -> float | None:

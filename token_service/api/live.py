@@ -51,7 +51,7 @@ from token_service.queue.status import Priority, Status
 from token_service.records import tokens as token_sql
 from token_service.records.recorder import parse_event
 from token_service.state import AppState
-from token_service.tasks import cancel_and_wait
+from token_service.tasks import SingleFlight, cancel_and_wait
 
 log = logging.getLogger(__name__)
 CONFIG_CHANNEL = keys.config_channel()
@@ -286,7 +286,7 @@ class LiveHub:
         self._held: dict[str, list[Message]] = {}
         self._hold_timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._build_locks: dict[str, asyncio.Lock] = {}
+        self._builds: SingleFlight[Snapshot] = SingleFlight()  # a wall of boards reconnecting shares one
         self._names: dict[str, tuple[str, float]] = {}  # token id -> (masked name, looked up at)
         # Per facility, copies of its waiting lanes that each rebuild brings up to date by what changed.
         self._lanes: dict[str, LaneMirror] = {}
@@ -574,15 +574,13 @@ class LiveHub:
         cached = self.snapshots.get(hip_id)
         if cached is not None:
             return cached
-        lock = self._build_locks.setdefault(hip_id, asyncio.Lock())
-        async with lock:
-            cached = self.snapshots.get(hip_id)
-            if cached is not None:
-                return cached
-            snap = await self._build(hip_id, keep=subscribed)
-            if subscribed and hip_id not in self._dirty:
-                self.snapshots[hip_id] = snap
-            return snap
+        return await self._builds.run(hip_id, lambda: self._build_shared(hip_id, subscribed))
+
+    async def _build_shared(self, hip_id: str, subscribed: bool) -> Snapshot:
+        snap = await self._build(hip_id, keep=subscribed)
+        if subscribed and hip_id not in self._dirty:
+            self.snapshots[hip_id] = snap
+        return snap
 
     async def _build(self, hip_id: str, keep: bool = True) -> Snapshot:
         cfg = await self.state.directory.get(hip_id)
