@@ -31,10 +31,10 @@ class SingleFlight(Generic[T]):
     """Concurrent callers asking for the same key share one call of `make()` and its result or error.
 
     A lock around a cache fill does the same with a convoy: when a cached entry expires under a thousand
-    open status pages, each waiter takes the lock in turn, one turn of the event loop each, and a busy
-    worker hands it on at a few per millisecond: pages stalled for seconds. Here every waiter awaits the
-    one future and all of them go on in the same turn. A waiter that is cancelled (its client left)
-    does not cancel the call the others wait for.
+    open status pages, each waiter takes the lock in turn, one turn of the event loop each, and a worker
+    busy with thousands of streams takes milliseconds over a turn: pages stalled for seconds. Here every
+    waiter awaits the one future and all of them go on in the same turn. A waiter that is cancelled (its
+    client left) does not cancel the call the others wait for.
     """
 
     def __init__(self) -> None:
