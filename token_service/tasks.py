@@ -47,6 +47,9 @@ class SingleFlight(Generic[T]):
             running.add_done_callback(lambda done: self._forget(key, done))
         return await asyncio.shield(running)
 
+    def in_flight(self, key: Hashable) -> bool:
+        return key in self._running
+
     def _forget(self, key: Hashable, done: asyncio.Future[T]) -> None:
         if self._running.get(key) is done:
             del self._running[key]

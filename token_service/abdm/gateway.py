@@ -8,7 +8,6 @@ Errors::
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ import httpx
 import orjson
 
 from token_service.abdm.schemas import ShareRequest
+from token_service.tasks import SingleFlight
 
 __all__ = [
     "GatewayClient",
@@ -207,7 +207,7 @@ class GatewayClient:
         self._timeout_s = timeout_s
         self._token: str | None = None
         self._token_valid_until = 0.0
-        self._lock = asyncio.Lock()
+        self._sessions: SingleFlight[str] = SingleFlight()
 
     def invalidate(self) -> None:
         self._token = None
@@ -229,11 +229,8 @@ class GatewayClient:
         """A cached session token, fetched again ~30 s before the gateway says it expires."""
         if self._token is not None and self._clock() < self._token_valid_until:
             return self._token
-        async with self._lock:
-            # Concurrent callers queue here and reuse the one fetch.
-            if self._token is not None and self._clock() < self._token_valid_until:
-                return self._token
-            return await self._fetch_session()
+        # Concurrent callers share the one fetch.
+        return await self._sessions.run("session", self._fetch_session)
 
     async def _fetch_session(self) -> str:
         body = {

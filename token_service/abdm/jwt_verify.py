@@ -8,7 +8,7 @@ Errors::
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,9 +17,12 @@ from typing import Any
 import httpx
 import jwt
 
+from token_service.tasks import SingleFlight
+
 __all__ = ["GatewayJWTVerifier", "InvalidGatewayToken", "JWKSUnavailable"]
 
 log = logging.getLogger(__name__)
+JWKS = "jwks"  # the one fetch of the key set at a time
 
 # Only RS256: the gateway signs with it, and naming one asymmetric algorithm is what defeats
 # `alg: none` and the HS256-with-the-public-key confusion attack.
@@ -102,7 +105,7 @@ class GatewayJWTVerifier:
         self._keys: dict[str, jwt.PyJWK] | None = None
         self._loaded_at: float | None = None
         self._last_attempt_at: float | None = None
-        self._lock = asyncio.Lock()
+        self._fetches: SingleFlight[None] = SingleFlight()  # concurrent shares share one fetch
         self.fetch_count = 0
         # The gateway reuses one bearer for many calls: a token verified once is remembered (claims,
         # kid) until it expires, so the RSA check runs once per token, not once per share. A kid
@@ -141,8 +144,7 @@ class GatewayJWTVerifier:
 
     async def refresh(self) -> None:
         """Fetch the JWKS now (e.g. at startup), regardless of the rate limit."""
-        async with self._lock:
-            await self._fetch()
+        await self._fetches.run(JWKS, self._fetch)
 
     def _decode(self, token: str, key: jwt.PyJWK) -> dict[str, Any]:
         try:
@@ -182,14 +184,11 @@ class GatewayJWTVerifier:
         key = self._cached(kid)
         if key is not None and not self._stale():
             return key
-        async with self._lock:
-            # Another request may have fetched while we waited for the lock.
-            key = self._cached(kid)
-            if key is not None and not self._stale():
-                return key
-            if self._may_fetch():
-                await self._fetch_tolerating_errors()
-            key = self._cached(kid)
+        # A fetch under way (the startup's, say) is waited for; a new one only as often as allowed.
+        if self._fetches.in_flight(JWKS) or self._may_fetch():
+            with contextlib.suppress(JWKSUnavailable):  # the keys we have keep serving
+                await self._fetches.run(JWKS, self._fetch_tolerating_errors)
+        key = self._cached(kid)
         if key is not None:
             return key
         if self._keys is None:
