@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("  rows: on-share (upsert, attempts, outcomes)", r"_(upsert|attempt|outcome)_rows \(token_service/abdm/outbox\.py"),
     ("  rows: history (token_event)", r"_event_rows \(token_service/records/tokens\.py"),
     ("outbox delivery (claim, POST on-share, mark done)", r"Outbox\._deliver"),
-    ("  of which the HTTP client (aiohttp)", r"Outbox\._deliver.*(httpx/|httpcore/|aiohttp/)"),
+    ("  of which the HTTP client (abdm/http1.py)", r"Outbox\._deliver.*(abdm/http1\.py|httpx/|httpcore/)"),
     ("recorder loop (stream reads, parsing)", r"Recorder\.|records/recorder\.py"),
     ("live hub (pub/sub fan-out, snapshots)", r"api/live\.py"),
     ("SQLAlchemy statement building + compiling", r"sqlalchemy/sql/"),

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse
 from tests.support.abdm import sandbox_gateway
 from tests.support.servers import ServerThread
 from token_service.abdm.gateway import GatewayClient, gateway_timestamp
+from token_service.abdm.http1 import GatewayHttp
 from token_service.abdm.jwt_verify import GatewayJWTVerifier, InvalidGatewayToken
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.abdm.schemas import PatientProfile, ShareParseError, ShareRequest, parse_share
@@ -69,24 +69,27 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
+@pytest.fixture(params=["http1", "httpx"])
 async def outbound(
     request: pytest.FixtureRequest, http: httpx.AsyncClient
-) -> AsyncIterator[httpx.AsyncClient | aiohttp.ClientSession]:
-    """The client's own connection to the gateway: an aiohttp session (what the service uses) or httpx."""
+) -> AsyncIterator[httpx.AsyncClient | GatewayHttp]:
+    """The client's own connection to the gateway: the service's `GatewayHttp`, or httpx."""
     if request.param == "httpx":
         yield http
         return
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+    session = GatewayHttp()
+    try:
         yield session
+    finally:
+        await session.close()
 
 
 @pytest.fixture
-def client(base_url: str, outbound: httpx.AsyncClient | aiohttp.ClientSession) -> GatewayClient:
+def client(base_url: str, outbound: httpx.AsyncClient | GatewayHttp) -> GatewayClient:
     return GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", outbound, timeout_s=2.0)
 
 
-async def test_connection_refused_is_retryable(outbound: httpx.AsyncClient | aiohttp.ClientSession) -> None:
+async def test_connection_refused_is_retryable(outbound: httpx.AsyncClient | GatewayHttp) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -132,7 +135,7 @@ async def test_newest_first_and_clear(
 
 
 async def test_wrong_secret(
-    base_url: str, outbound: httpx.AsyncClient | aiohttp.ClientSession, state: SandboxState
+    base_url: str, outbound: httpx.AsyncClient | GatewayHttp, state: SandboxState
 ) -> None:
     client = GatewayClient(base_url, CLIENT_ID, "wrong", "sbx", outbound)
     result = await client.on_share(SHARE, "1", 1800)
@@ -201,7 +204,7 @@ async def test_revoked_session_is_refreshed(client: GatewayClient, state: Sandbo
 
 
 async def test_fault_slow_times_out_then_recovers(
-    base_url: str, http: httpx.AsyncClient, outbound: httpx.AsyncClient | aiohttp.ClientSession,
+    base_url: str, http: httpx.AsyncClient, outbound: httpx.AsyncClient | GatewayHttp,
     state: SandboxState,
 ) -> None:  # fmt: skip
     client = GatewayClient(base_url, CLIENT_ID, CLIENT_SECRET, "sbx", outbound, timeout_s=0.3)
