@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import httptools
 from fastapi import FastAPI
 from redis.exceptions import RedisError
-from starlette.datastructures import MutableHeaders
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -33,6 +33,29 @@ BASELINE: dict[str, str] = {
 }
 # JSON is data, never a document: if a browser is tricked into rendering it, nothing may run or load.
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+_BASELINE_RAW = [(name.lower().encode(), value.encode()) for name, value in BASELINE.items()]
+_JSON_CSP_RAW = (b"content-security-policy", JSON_CSP.encode())
+_NO_STORE_RAW = (b"cache-control", b"no-store")
+
+
+def _with_baseline(raw: Iterable[tuple[bytes, bytes]], private: bool) -> list[tuple[bytes, bytes]]:
+    """A response's raw headers with the baseline ones it lacks added (a header it sets itself wins)."""
+    headers = list(raw)
+    present = set()
+    json = False
+    for name, value in headers:
+        name = name.lower()
+        present.add(name)
+        if name == b"content-type" and value.startswith(b"application/json"):
+            json = True
+    headers.extend(pair for pair in _BASELINE_RAW if pair[0] not in present)
+    if json and _JSON_CSP_RAW[0] not in present:
+        headers.append(_JSON_CSP_RAW)
+    if private and _NO_STORE_RAW[0] not in present:
+        headers.append(_NO_STORE_RAW)
+    return headers
 
 
 def _has_credentials(scope: Scope) -> bool:
@@ -59,13 +82,7 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in BASELINE.items():
-                    headers.setdefault(name, value)
-                if headers.get("content-type", "").startswith("application/json"):
-                    headers.setdefault("Content-Security-Policy", JSON_CSP)
-                if private:
-                    headers.setdefault("Cache-Control", "no-store")
+                message["headers"] = _with_baseline(message.get("headers", ()), private)
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -470,10 +470,10 @@ async def test_redis_down_answers_503_and_gateway_can_retry(
 async def test_share_paths_bypass_the_router_and_answer_as_their_routes_do(
     service: tuple[FastAPI, httpx.AsyncClient], gw: SandboxState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """POSTs to the three share paths are dispatched ahead of FastAPI's router (`ShareRoutes`), and
-    answer exactly as the registered routes do: every status, error body and header, the application's
-    middleware included (body limit, security headers)."""
-    from token_service.api import abdm as abdm_api
+    """POSTs to the three share paths are dispatched ahead of the middleware and FastAPI's router
+    (`FastRoutes`, `ShareRoute`), and answer exactly as the registered routes do: every status, error
+    body and header, what the application's middleware adds included (body limit, security headers)."""
+    from token_service.app import FastRoutes
 
     app, client = service
     routed: list[str] = []
@@ -510,7 +510,9 @@ async def test_share_paths_bypass_the_router_and_answer_as_their_routes_do(
     dispatched = await answers()
     assert routed == ["GET " + V3]  # only the GET reached the router
     assert [status for status, _, _ in dispatched] == [400, 401, 401, 400, 400, 413, 400, 405]
-    monkeypatch.setattr(abdm_api, "SHARE_PATHS", {})  # every request now takes the routes
+    fast = app.middleware_stack
+    assert isinstance(fast, FastRoutes)
+    monkeypatch.setattr(fast, "routes", {})  # every request now takes the middleware and the routes
     routed.clear()
     assert await answers() == dispatched
     assert len(routed) == len(requests) - 1  # the body limit answers the 413 before any routing
@@ -521,6 +523,28 @@ async def test_share_paths_bypass_the_router_and_answer_as_their_routes_do(
     assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
     spec = (await client.get("/openapi.json")).json()
     assert {V3, V1, "/v0.5/patients/profile/share"} <= set(spec["paths"])
+
+
+async def test_an_unexpected_error_in_a_share_is_answered_by_the_catch_all(
+    client: httpx.AsyncClient, gw: SandboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the error middleware does for a route, the share's own path does: the application's
+    catch-all answers (logged, 500, with the security headers), and the next share is served."""
+    from token_service.abdm.intake import ShareIntake
+
+    accept = ShareIntake.accept
+
+    async def broken(self: ShareIntake, *args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ShareIntake, "accept", broken)
+    r, _ = await post_share(client, gw)
+    assert r.status_code == 500 and r.json() == {"error": "internal", "detail": "internal error"}
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store"
+    monkeypatch.setattr(ShareIntake, "accept", accept)
+    r, rid = await post_share(client, gw)
+    assert r.status_code == 202
+    assert (await on_share_for(gw, rid))[0]["tokenNumber"] == "A1"
 
 
 def test_the_202_does_not_wait_for_the_on_shares_wake_up(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import re
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.background import BackgroundTask
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from token_service.abdm.gateway import GatewayClient
 from token_service.abdm.http1 import GatewayHttp
@@ -24,7 +25,9 @@ from token_service.abdm.outbox import Outbox
 from token_service.abdm.schemas import ShareParseError, parse_share
 from token_service.api.deps import PrincipalDep, StateDep
 from token_service.api.schemas import CODE
+from token_service.app import BodyLimit
 from token_service.errors import BadRequest, PayloadTooLarge, Unauthorized, Unavailable
+from token_service.security import SecurityHeaders
 from token_service.state import AppState
 
 log = logging.getLogger(__name__)
@@ -223,34 +226,45 @@ SHARE_PATHS: dict[str, Literal["v3", "v1", "v0.5"]] = {
 }
 
 
-class ShareRoutes:
-    """Dispatches a POST to one of the `SHARE_PATHS` straight to `_share`, ahead of FastAPI's router.
+class ShareRoute:
+    """One of the `SHARE_PATHS`, answered ahead of the application's middleware and router
+    (`token_service.app.FastRoutes`).
 
-    At the morning rush these three paths are nearly all of the traffic, and FastAPI's router (matching
-    every included router, then again inside the chosen one) and its dependency solving cost more CPU
-    per share than the share's parsing. The routes above stay registered: they document the callbacks
-    in the OpenAPI schema and answer every other method (405). Errors go through the application's own
-    exception handlers, as they would from a route; the application's middleware (body limit, security
-    headers, rate limits) wraps this one, which `install` adds innermost.
+    At the morning rush these three paths are nearly all of the traffic. The middleware stack, FastAPI's
+    router (matching every included router, then again inside the chosen one) and its dependency solving
+    cost more CPU per share than the share's parsing. What the stack does for a share, this does too:
+    the body limit and the security headers (the same middleware classes, around this one; see
+    `install`), the application's exception handlers, as a route's errors meet them, and its catch-all
+    answer (500, or 503 when a store is down), which keeps the connection open. The routes below stay
+    registered: they document the callbacks in the OpenAPI schema, answer every other method (405), and
+    take the shares behind a root path.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, version: Literal["v3", "v1", "v0.5"]) -> None:
+        self.version = version
         self._handlers: tuple[dict[Any, Any], dict[int, Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        version = SHARE_PATHS.get(scope["path"]) if scope["type"] == "http" else None
-        if version is None or scope["method"] != "POST" or scope.get("root_path"):
-            await self.app(scope, receive, send)
-            return
         request = Request(scope, receive)
+        answering = False
 
         async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await _share(request, request.app.state.opd, version)
+            nonlocal answering
+            response = await _share(request, request.app.state.opd, self.version)
+            answering = True
             await response(scope, receive, send)
 
         scope["starlette.exception_handlers"] = self._handlers or self._route_handlers(scope)
-        await wrap_app_handling_exceptions(endpoint, request)(scope, receive, send)
+        try:
+            await wrap_app_handling_exceptions(endpoint, request)(scope, receive, send)
+        except Exception as exc:
+            catch_all = scope["app"].exception_handlers.get(Exception)
+            if answering or catch_all is None:
+                raise
+            response = catch_all(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+            await response(scope, receive, send)
 
     def _route_handlers(self, scope: Scope) -> tuple[dict[Any, Any], dict[int, Any]]:
         """The handlers a route's errors meet (Starlette's ExceptionMiddleware takes all but the
@@ -270,7 +284,8 @@ class ShareRoutes:
 
 def install(app: FastAPI) -> None:
     app.include_router(router)
-    # Added first of all middleware, so innermost: every other middleware still sees the shares.
-    app.add_middleware(ShareRoutes)
+    limit = app.state.settings.max_body_bytes
+    for path, version in SHARE_PATHS.items():
+        app.state.fast_routes[("POST", path)] = BodyLimit(SecurityHeaders(ShareRoute(version)), limit=limit)
     app.state.startup_hooks.append(startup)
     app.state.shutdown_hooks.append(shutdown)
