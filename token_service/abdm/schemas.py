@@ -225,7 +225,11 @@ class ShareRequest:
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive lookup that works on a plain dict as well as on Starlette's Headers."""
+    """Case-insensitive lookup that works on a plain dict as well as on Starlette's Headers (whose own
+    `get` ignores case, without decoding every header as `items()` does)."""
+    found = headers.get(name)
+    if found is not None:
+        return found
     wanted = name.lower()
     for key, value in headers.items():
         if key.lower() == wanted:
