@@ -170,32 +170,6 @@ async def _bounded(aw: Any, name: str) -> None:
         log.error("shutdown step %s failed: %r", name, task.exception())
 
 
-class FastRoutes:
-    """Ahead of the whole middleware stack: a request whose (method, path) is in `routes` goes straight to
-    its handler (`app.state.fast_routes`), for the requests that are nearly all of the morning rush, the
-    gateway's share callbacks.
-
-    FastAPI's own layers (error middleware, exception telemetry, its body limit, exception middleware)
-    and the application's middleware took ~45 µs of a worker's CPU per share, more than the share's
-    parsing, though none of them but the body limit and the security headers has anything to do for a
-    share. A fast route's handler brings those itself (`token_service.api.abdm.install`). It sits inside
-    FastAPI's own entry, so FastAPI's OpenTelemetry instrumentation, when configured, still traces it.
-    Behind a root path every request takes the whole stack.
-    """
-
-    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], ASGIApp]) -> None:
-        self.app = app
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            fast = self.routes.get((scope["method"], scope["path"]))
-            if fast is not None:
-                await fast(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
@@ -209,11 +183,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         sweeper = asyncio.create_task(sweep_forever(state), name="expiry-sweeper")
         for hook in app.state.startup_hooks:
             await hook(state)
-        if app.state.fast_routes:
-            # Built by now: the lifespan's own messages went through it.
-            app.middleware_stack = FastRoutes(
-                app.middleware_stack or app.build_middleware_stack(), app.state.fast_routes
-            )
         try:
             yield
         finally:
@@ -244,7 +213,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.state.settings = settings
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
-    app.state.fast_routes = {}  # (method, path) -> handler, see FastRoutes
     install_error_handlers(app)
     for module in (health_api, auth_api, queue_api, tokens_api):
         app.include_router(module.router)

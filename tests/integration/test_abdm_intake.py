@@ -473,7 +473,7 @@ async def test_share_paths_bypass_the_router_and_answer_as_their_routes_do(
     """POSTs to the three share paths are dispatched ahead of the middleware and FastAPI's router
     (`FastRoutes`, `ShareRoute`), and answer exactly as the registered routes do: every status, error
     body and header, what the application's middleware adds included (body limit, security headers)."""
-    from token_service.app import FastRoutes
+    from token_service.fast_routes import FastRoutes
 
     app, client = service
     routed: list[str] = []

@@ -220,8 +220,19 @@ async def test_on_share_shape_errors(
     assert state.on_shares()[0]["answered"] == 400
 
 
-async def test_on_share_paths_keep_their_routes(api: httpx.AsyncClient, state: SandboxState) -> None:
+async def test_on_share_paths_keep_their_routes(
+    api: httpx.AsyncClient, state: SandboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """POSTs take the receiver's short path; the routes still document the paths and answer the rest."""
+    app = api._transport.app  # type: ignore[attr-defined]
+    routed: list[str] = []
+    router_call = type(app.router).__call__
+
+    async def counting(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        routed.append(f"{scope['method']} {scope['path']}")
+        await router_call(self, scope, receive, send)
+
+    monkeypatch.setattr(type(app.router), "__call__", counting)
     paths = (await api.get("/openapi.json")).json()["paths"]
     for path in ("/api/hiecm/patient-share/v3/on-share", "/gateway/v1.0/patients/profile/on-share"):
         assert "post" in paths[path]
@@ -236,6 +247,8 @@ async def test_on_share_paths_keep_their_routes(api: httpx.AsyncClient, state: S
         "/gateway/v1.0/patients/profile/on-share",
         401,
     )
+    assert not [r for r in routed if r.startswith("POST")]  # the GETs were routed, the POST was not
+    assert len(routed) == 3
 
 
 async def test_share_api_needs_a_target(api: httpx.AsyncClient, state: SandboxState) -> None:

@@ -16,11 +16,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from token_service.abdm.gateway import ON_SHARE_V1_PATH, ON_SHARE_V3_PATH
 from token_service.abdm.sandbox_state import SandboxState
 from token_service.abdm.schemas import header_value, parse_timestamp
+from token_service.fast_routes import fast_routes
 
 __all__ = ["DEFAULT_PORT", "SandboxState", "create_sandbox_app", "run_sandbox"]
 
@@ -245,36 +246,34 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;font-size:13
 
 
 # The gateway's on-share endpoints, by path, with the on-share shape each one takes.
-ON_SHARE_PATHS: dict[str, str] = {ON_SHARE_V3_PATH: "v3", ON_SHARE_V1_PATH: "v1"}
+ON_SHARE_PATHS: dict[str, Literal["v3", "v1"]] = {ON_SHARE_V3_PATH: "v3", ON_SHARE_V1_PATH: "v1"}
 
 
 class OnShareReceiver:
-    """Takes a POST to one of the `ON_SHARE_PATHS` straight to `_receive_on_share`, ahead of FastAPI's
-    routing, exception middleware and dependency solving.
+    """Takes a POST to one of the `ON_SHARE_PATHS` straight to `_receive_on_share`, ahead of the
+    middleware stack and FastAPI's routing and dependency solving (`token_service.fast_routes`).
 
     Beside the service (demos, the benchmark) the sandbox receives one on-share per share, and on the
     same cores: FastAPI's layers around the handler were about a third of its CPU per on-share. The
     checks and the record are the same code as the routes'; the routes stay registered for the OpenAPI
-    page and answer other methods (405).
+    page and answer other methods (405). An error the handler does not answer itself reaches the server,
+    which answers 500.
     """
 
-    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
-        self.app = app
+    def __init__(self, state: SandboxState, version: Literal["v3", "v1"]) -> None:
         self.state = state
+        self.version = version
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        version = ON_SHARE_PATHS.get(scope["path"]) if scope["type"] == "http" else None
-        if version is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        response = await _receive_on_share(self.state, version, Request(scope, receive))
+        response = await _receive_on_share(self.state, self.version, Request(scope, receive))
         await response(scope, receive, send)
 
 
 def create_sandbox_app(state: SandboxState) -> FastAPI:
     app = FastAPIOffline(title="ABDM gateway sandbox", version="1")  # its /docs works offline too
     app.state.sandbox = state
-    app.add_middleware(OnShareReceiver, state=state)
+    for path, version in ON_SHARE_PATHS.items():
+        fast_routes(app)[("POST", path)] = OnShareReceiver(state, version)
 
     @app.post("/api/hiecm/gateway/v3/sessions")
     async def sessions_v3(request: Request) -> JSONResponse:

@@ -27,6 +27,7 @@ from token_service.api.deps import PrincipalDep, StateDep
 from token_service.api.schemas import CODE
 from token_service.app import BodyLimit
 from token_service.errors import BadRequest, PayloadTooLarge, Unauthorized, Unavailable
+from token_service.fast_routes import fast_routes
 from token_service.security import SecurityHeaders
 from token_service.state import AppState
 
@@ -228,7 +229,7 @@ SHARE_PATHS: dict[str, Literal["v3", "v1", "v0.5"]] = {
 
 class ShareRoute:
     """One of the `SHARE_PATHS`, answered ahead of the application's middleware and router
-    (`token_service.app.FastRoutes`).
+    (`token_service.fast_routes`).
 
     At the morning rush these three paths are nearly all of the traffic. The middleware stack, FastAPI's
     router (matching every included router, then again inside the chosen one) and its dependency solving
@@ -286,6 +287,6 @@ def install(app: FastAPI) -> None:
     app.include_router(router)
     limit = app.state.settings.max_body_bytes
     for path, version in SHARE_PATHS.items():
-        app.state.fast_routes[("POST", path)] = BodyLimit(SecurityHeaders(ShareRoute(version)), limit=limit)
+        fast_routes(app)[("POST", path)] = BodyLimit(SecurityHeaders(ShareRoute(version)), limit=limit)
     app.state.startup_hooks.append(startup)
     app.state.shutdown_hooks.append(shutdown)
