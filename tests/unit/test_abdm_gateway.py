@@ -68,6 +68,7 @@ class FakeGateway:
         self.sessions_issued = 0
         self.expires_in = 600
         self.session_status = 200
+        self.session_answer: dict[str, Any] | None = None  # instead of a good one
         self.on_share_script: list[int | Responder] = []
 
     def calls(self, path: str) -> list[httpx.Request]:
@@ -82,6 +83,8 @@ class FakeGateway:
                     json={"error": "unauthorized_client", "error_description": "bad secret"},
                 )
             self.sessions_issued += 1
+            if self.session_answer is not None:
+                return httpx.Response(200, json=self.session_answer)
             return httpx.Response(
                 200,
                 json={
@@ -335,6 +338,18 @@ async def test_session_failure(
     with pytest.raises(GatewayError) as info:
         await client.session_token()
     assert info.value.status == status
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "two words", "", None, 42])
+async def test_session_token_unfit_for_a_header_is_refused(
+    client: GatewayClient, gateway: FakeGateway, token: object
+) -> None:
+    """The token goes into every call's Authorization header: one that cannot is not used."""
+    gateway.session_answer = {"accessToken": token, "expiresIn": 600}
+    result = await client.on_share(SHARE_V3, "1", 1800)
+    assert (result.ok, result.status, result.retryable) == (False, 200, True)
+    assert result.error is not None and "accessToken" in result.error
+    assert not gateway.calls("/api/hiecm/patient-share/v3/on-share")
 
 
 async def test_register_bridge_url(client: GatewayClient, gateway: FakeGateway) -> None:
