@@ -23,9 +23,7 @@ new connection, as browsers and other clients do (the server closed it without r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import socket
 import ssl
 import time
 from collections.abc import Mapping
@@ -93,11 +91,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (The event loop, asyncio's or uvloop's, sets TCP_NODELAY on every TCP connection it makes.)
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:
