@@ -139,8 +139,12 @@ def _secret_file(path: Path, make: str) -> tuple[str, bool]:
     return make, True
 
 
+DEMO_DEVICES = (("demo-board", "board"), ("demo-kiosk", "kiosk"))
+
+
 def seed_demo(s: Settings) -> dict[str, str]:
-    """Create (once) the demo facility, counters, desks, users and a board device; returns credentials."""
+    """Create (once) the demo facility, counters, desks, users, a board and a kiosk device; returns the
+    password and each device's token (`board_token`, `kiosk_token`), kept in the data directory."""
     from sqlmodel import Session, select
 
     from token_service.auth import hash_password, new_device_token
@@ -149,7 +153,6 @@ def seed_demo(s: Settings) -> dict[str, str]:
 
     migrate(s)
     password, _ = _secret_file(s.data_dir / "demo-password.txt", "demo-" + secrets.token_hex(4))
-    board_token = ""
     engine = sync_engine(s)
     with Session(engine) as db:
         if db.get(Facility, DEMO_HIP) is None:
@@ -172,21 +175,23 @@ def seed_demo(s: Settings) -> dict[str, str]:
                 db.add(
                     User(username=username, password_hash=hash_password(password), role=role, hip_id=DEMO_HIP)
                 )
-        if (
-            db.exec(select(Device).where(Device.hip_id == DEMO_HIP, Device.name == "demo-board")).first()
-            is None
-        ):
-            board_token, token_hash = new_device_token()
-            db.add(Device(hip_id=DEMO_HIP, name="demo-board", kind="board", token_hash=token_hash))
-            (s.data_dir / "demo-board-token.txt").write_text(board_token, encoding="utf-8")
-            (s.data_dir / "demo-board-token.txt").chmod(0o600)
+        for name, kind in DEMO_DEVICES:
+            if db.exec(select(Device).where(Device.hip_id == DEMO_HIP, Device.name == name)).first() is None:
+                # Only its hash is stored: the token itself is kept beside the password for the next start.
+                token, token_hash = new_device_token()
+                db.add(Device(hip_id=DEMO_HIP, name=name, kind=kind, token_hash=token_hash))
+                token_file = s.data_dir / f"{name}-token.txt"
+                token_file.write_text(token, encoding="utf-8")
+                token_file.chmod(0o600)
         db.commit()
     engine.dispose()
-    token_file = s.data_dir / "demo-board-token.txt"
-    board_token = (
-        token_file.read_text(encoding="utf-8").strip() if token_file.exists() else "(shown when created)"
-    )
-    return {"password": password, "board_token": board_token}
+    creds = {"password": password}
+    for name, kind in DEMO_DEVICES:
+        token_file = s.data_dir / f"{name}-token.txt"
+        creds[f"{kind}_token"] = (
+            token_file.read_text(encoding="utf-8").strip() if token_file.exists() else "(shown when created)"
+        )
+    return creds
 
 
 class _SandboxThread:
@@ -267,6 +272,7 @@ def demo(
         f"  display board   {service_url}/board/{DEMO_HIP}",
         f"  clerk console   {service_url}/console      (user clerk or admin, password {creds['password']})",
         f"  admin           {service_url}/admin",
+        f"  walk-in kiosk   {service_url}/kiosk/{DEMO_HIP}?device={creds['kiosk_token']}",
         f"  gateway sandbox {sandbox.url}/            (on-shares the service sent)",
         f"  board device token: {creds['board_token']}",
         f"Posting {scans} simulated scans, one every {interval:g} s. Ctrl-C stops everything.", "",
