@@ -54,3 +54,22 @@ def test_smoke_run_covers_every_scenario_and_keeps_the_invariants(tmp_path: Path
         assert any("bare FastAPI hello" in r["what"] for r in sections["1"]["rows"])
     markdown = (out / "RESULTS.md").read_text()
     assert "## 8. Soak" in markdown and "## Targets and checks" in markdown
+
+
+def test_versions_side_by_side_run_and_keep_the_invariants(tmp_path: Path) -> None:
+    """`python -m bench.paired`: this checkout against itself, briefly, at a fixed rate."""
+    out = tmp_path / "paired.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.paired", str(ROOT), str(ROOT), "--rounds", "2", "--step-s", "0.5",
+         "--rate", "30", "--workers", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert [v["name"] for v in data["versions"]] == [f"{ROOT.name} (1)", f"{ROOT.name} (2)"]
+    for version in data["versions"]:
+        assert len(version["rounds"]) == 2
+        assert all(r["shares_per_s"] > 0 and r["errors"] == 0 for r in version["rounds"])
+        assert all(r["service workers ms/share"] > 0 for r in version["rounds"])
+        assert [c["ok"] for c in version["checks"]] == [True, True]
+    assert "against" in proc.stdout and "every share got exactly one on-share" in proc.stdout
