@@ -175,22 +175,27 @@ def seed_demo(s: Settings) -> dict[str, str]:
                 db.add(
                     User(username=username, password_hash=hash_password(password), role=role, hip_id=DEMO_HIP)
                 )
+        fresh: dict[Path, str] = {}
         for name, kind in DEMO_DEVICES:
-            if db.exec(select(Device).where(Device.hip_id == DEMO_HIP, Device.name == name)).first() is None:
-                # Only its hash is stored: the token itself is kept beside the password for the next start.
+            # Only a device token's hash is stored: the token itself is kept beside the password for the
+            # next start. A device whose token file is gone gets a new token (the old one stops working).
+            token_file = s.data_dir / f"{name}-token.txt"
+            device = db.exec(select(Device).where(Device.hip_id == DEMO_HIP, Device.name == name)).first()
+            if device is None or not token_file.exists():
                 token, token_hash = new_device_token()
-                db.add(Device(hip_id=DEMO_HIP, name=name, kind=kind, token_hash=token_hash))
-                token_file = s.data_dir / f"{name}-token.txt"
-                token_file.write_text(token, encoding="utf-8")
-                token_file.chmod(0o600)
+                if device is None:
+                    device = Device(hip_id=DEMO_HIP, name=name, kind=kind, token_hash=token_hash)
+                device.token_hash = token_hash
+                db.add(device)
+                fresh[token_file] = token
         db.commit()
     engine.dispose()
+    for token_file, token in fresh.items():
+        token_file.write_text(token, encoding="utf-8")
+        token_file.chmod(0o600)
     creds = {"password": password}
     for name, kind in DEMO_DEVICES:
-        token_file = s.data_dir / f"{name}-token.txt"
-        creds[f"{kind}_token"] = (
-            token_file.read_text(encoding="utf-8").strip() if token_file.exists() else "(shown when created)"
-        )
+        creds[f"{kind}_token"] = (s.data_dir / f"{name}-token.txt").read_text(encoding="utf-8").strip()
     return creds
 
 
