@@ -47,16 +47,19 @@ async def run_intake(run: Run, section: Section) -> None:
     outside_notes: list[str] = []
     wakeups_by_part = [""]  # the last step's wake-ups per share, by part of the stack
     wakeup_notes: list[str] = []
+    cpu_by_part: dict[str, dict[str, float]] = {}  # CPU ms per share by part of the stack, per step
+    last_parts: dict[str, float] = {}  # the last step's
 
     async def load(n: int, concurrency: int, duration_s: float, rate: float | None = None) -> LoadResult:
         nonlocal cursor, span
         started = time.time()
         ours = stack.stack_pids()
-        box0, cpu0, woke0 = BoxCpu.now(), sum(stack.cpu_seconds().values()), stack.wakeups()
+        box0, parts0, woke0 = BoxCpu.now(), stack.cpu_seconds(), stack.wakeups()
         r = await drive(
             url, requests[cursor : cursor + n], concurrency=concurrency, duration_s=duration_s, rate=rate
         )
-        cpu = sum(stack.cpu_seconds().values()) - cpu0
+        parts = {k: max(0.0, s - parts0.get(k, 0.0)) for k, s in stack.cpu_seconds().items()}
+        cpu = sum(parts.values())
         woke = {k: count - woke0.get(k, 0) for k, count in stack.wakeups().items()}
         outside = BoxCpu.now().since(box0, ours, r.elapsed_s)
         busiest[0] = str(outside.pop("other_busiest"))
@@ -65,6 +68,8 @@ async def run_intake(run: Run, section: Section) -> None:
         step_cpu["cpu_ms_per_share"] = round(cpu * 1000 / shares, 2)
         step_cpu["cpu_busy_pct"] = round(100 * cpu / (r.elapsed_s * cores), 1)
         step_cpu["wakeups_per_share"] = round(sum(woke.values()) / shares, 1)
+        last_parts.clear()
+        last_parts.update({k: round(sec * 1000 / shares, 3) for k, sec in parts.items()})
         wakeups_by_part[0] = ", ".join(f"{k} {count / shares:.1f}" for k, count in woke.items())
         step_cpu["core_ms"] = stack.cores.window(started, time.time()) if stack.cores else []
         sent = [ids[cursor + i] for i in r.index]
@@ -95,6 +100,7 @@ async def run_intake(run: Run, section: Section) -> None:
     section.rows.append(_row(f"closed loop, {CLOSED_CONCURRENCY} connections", res, None) | step_cpu)
     closed_cores = list(step_cpu.get("core_ms") or [])
     wakeup_notes.append(f"closed loop: {wakeups_by_part[0]}")
+    cpu_by_part["closed loop"] = dict(last_parts)
     shares = max(1, res.ok_count(202))
     calls = {
         k: (n - calls_before.get(k, 0)) / shares for k, n in calls_after.items() if n > calls_before.get(k, 0)
@@ -147,6 +153,7 @@ async def run_intake(run: Run, section: Section) -> None:
             row = _row(f"{int(frac * 100)} % of max", r, rate) | step_cpu
             outside_notes.append(f"{int(frac * 100)} %: {busiest[0]}")
             wakeup_notes.append(f"{int(frac * 100)} %: {wakeups_by_part[0]}")
+            cpu_by_part[f"{int(frac * 100)} %"] = dict(last_parts)
             if waits is not None:
                 row.update(waits.window(*span))
             section.rows.append(row)
@@ -182,6 +189,13 @@ async def run_intake(run: Run, section: Section) -> None:
         "caches the other processes have cooled (`python -m bench.wakeup` measures the first part on "
         "the box). By part of the stack: " + "; ".join(wakeup_notes) + "."
     )
+    run.figures["cpu_ms_per_share_by_step"] = cpu_by_part
+    section.notes.append(
+        "cpu_ms_per_share by part of the stack, by step (which processes' CPU grows below the ceiling): "
+        + "; ".join(f"{step}: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+                    for step, parts in cpu_by_part.items())
+        + "."
+    )  # fmt: skip
     hello_cores = run.figures.get("core_ms")
     section.notes.append(
         "core_ms is how long a fixed piece of Python work took, in CPU time, on each of the box's cores "

@@ -38,6 +38,14 @@ def test_smoke_run_covers_every_scenario_and_keeps_the_invariants(tmp_path: Path
     assert "soak errors = 0" in invariants
     intake = sections["2"]["rows"]
     assert intake[0]["acked_per_s"] > 0 and all(r["errors"] == 0 for r in intake)
+    by_step = data["figures"]["cpu_ms_per_share_by_step"]
+    assert list(by_step) == ["closed loop", "25 %", "50 %", "75 %", "100 %"]
+    for step, row in zip(by_step.values(), intake, strict=True):
+        assert step["service workers"] > 0 and min(step.values()) >= 0  # CPU time moves in 10 ms ticks
+        # The parts add up to the step's figure for the whole stack.
+        assert sum(step.values()) == pytest.approx(
+            row["cpu_ms_per_share"], abs=0.02 + 0.02 * sum(step.values())
+        )
     sse = sections["4"]["rows"][0]
     assert sse["connected"] == sse["clients"] and sse["board_missing"] == 0
     if postgres_url() is not None:
