@@ -116,25 +116,25 @@ def ratios(rounds: list[list[dict[str, Any]]], key: str) -> list[list[float]]:
 
 
 async def _round(versions: list[Version], per_round: int, step_s: float, rate: float | None) -> None:
-    stacks = [v.stack for v in versions]
-    assert all(s is not None for s in stacks)
-    before = [s.cpu_seconds() for s in stacks if s is not None]
+    stacks = [v.stack for v in versions if v.stack is not None]
+    assert len(stacks) == len(versions), "every version's stack is running"
+    before = [s.cpu_seconds() for s in stacks]
     concurrency = CLOSED_CONCURRENCY if rate is None else min(512, max(32, int(rate * 0.5)))
     results = await asyncio.gather(*(
-        drive(v.stack.service.url, v.requests[v.cursor : v.cursor + per_round], concurrency=concurrency,
+        drive(s.service.url, v.requests[v.cursor : v.cursor + per_round], concurrency=concurrency,
               duration_s=step_s, rate=rate)
-        for v in versions if v.stack is not None
+        for v, s in zip(versions, stacks, strict=True)
     ))  # fmt: skip
-    after = [s.cpu_seconds() for s in stacks if s is not None]
+    after = [s.cpu_seconds() for s in stacks]
+    sent: list[list[str]] = []
     for v, r, cpu0, cpu1 in zip(versions, results, before, after, strict=True):
-        sent = [v.ids[v.cursor + i] for i in r.index]
-        v.used.extend(sent)
+        sent.append([v.ids[v.cursor + i] for i in r.index])
+        v.used.extend(sent[-1])
         v.cursor += max(r.index, default=-1) + 1
         v.rounds.append(round_row(v.name, r, {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}))
     # The next round starts once no stack owes an on-share: a backlog would be the next round's load.
     await asyncio.gather(*(
-        asyncio.to_thread(checks.wait_delivered, v.stack, v.used[-per_round:]) for v in versions
-        if v.stack is not None
+        asyncio.to_thread(checks.wait_delivered, s, ids) for s, ids in zip(stacks, sent, strict=True)
     ))  # fmt: skip
 
 

@@ -129,13 +129,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _write_secret(path: Path, value: str) -> None:
+    """Write `value` to `path`, readable by its owner only from the moment it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fd, 0o600)  # a file that existed keeps its mode through O_CREAT
+        fh.write(value)
+
+
 def _secret_file(path: Path, make: str) -> tuple[str, bool]:
     """The value stored at `path`, written (mode 0600) with `make` the first time; (value, created)."""
     if path.exists():
         return path.read_text(encoding="utf-8").strip(), False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(make, encoding="utf-8")
-    path.chmod(0o600)
+    _write_secret(path, make)
     return make, True
 
 
@@ -185,14 +192,14 @@ def seed_demo(s: Settings) -> dict[str, str]:
                 token, token_hash = new_device_token()
                 if device is None:
                     device = Device(hip_id=DEMO_HIP, name=name, kind=kind, token_hash=token_hash)
-                device.token_hash = token_hash
+                else:
+                    device.token_hash = token_hash  # its token file is gone: a new token replaces it
                 db.add(device)
                 fresh[token_file] = token
         db.commit()
     engine.dispose()
     for token_file, token in fresh.items():
-        token_file.write_text(token, encoding="utf-8")
-        token_file.chmod(0o600)
+        _write_secret(token_file, token)
     creds = {"password": password}
     for name, kind in DEMO_DEVICES:
         creds[f"{kind}_token"] = (s.data_dir / f"{name}-token.txt").read_text(encoding="utf-8").strip()
