@@ -40,8 +40,11 @@ def test_smoke_run_covers_every_scenario_and_keeps_the_invariants(tmp_path: Path
     assert intake[0]["acked_per_s"] > 0 and all(r["errors"] == 0 for r in intake)
     by_step = data["figures"]["cpu_ms_per_share_by_step"]
     assert list(by_step) == ["closed loop", "25 %", "50 %", "75 %", "100 %"]
+    # Only the closed loop is sure to keep the workers busy for a whole clock tick (CPU time moves in
+    # 10 ms ticks): the smoke's fixed-rate steps are a few shares each.
+    assert by_step["closed loop"]["service workers"] > 0
     for step, row in zip(by_step.values(), intake, strict=True):
-        assert step["service workers"] > 0 and min(step.values()) >= 0  # CPU time moves in 10 ms ticks
+        assert min(step.values()) >= 0
         # The parts add up to the step's figure for the whole stack.
         assert sum(step.values()) == pytest.approx(
             row["cpu_ms_per_share"], abs=0.02 + 0.02 * sum(step.values())
